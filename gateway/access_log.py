@@ -1,0 +1,91 @@
+"""The access log (SPEC §6): one JSON object per request, one line each, on stdout.
+
+Lines are buffered and written by :meth:`AccessLog.flush`, which the app's
+lifespan calls a few times a second and at shutdown, so the hot path does not
+pay a write system call per request and nothing is lost at a clean stop.
+Callers never pass a token, a signature or a signed URL: the record has no
+field for them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import TextIO
+
+_FLUSH_AT = 64 * 1024
+
+
+class AccessLog:
+    """Collects access-log lines and writes them to ``stream``."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+        self._pending: list[str] = []
+        self._size = 0
+        self._second = -1
+        self._stamp = ""
+
+    def _time(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
+
+    def record(
+        self,
+        *,
+        now: float,
+        request_id: str,
+        sub: str | None,
+        key: str | None,
+        region: str | None,
+        backend: str | None,
+        reason: str | None,
+        method: str,
+        status: int,
+        bytes_sent: int,
+        range_header: str | None,
+        duration_s: float,
+        client: str | None,
+        user_agent: str | None,
+    ) -> None:
+        line = json.dumps(
+            {
+                "time": self._time(now),
+                "request_id": request_id,
+                "sub": sub,
+                "key": key,
+                "region": region,
+                "backend": backend,
+                "reason": reason,
+                "method": method,
+                "status": status,
+                "bytes": bytes_sent,
+                "range": range_header,
+                "duration_s": round(duration_s, 6),
+                "client": client,
+                "user_agent": user_agent,
+            },
+            separators=(",", ":"),
+            ensure_ascii=True,
+        )
+        self._pending.append(line)
+        self._size += len(line) + 1
+        if self._size >= _FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered lines."""
+        if not self._pending:
+            return
+        lines, self._pending, self._size = self._pending, [], 0
+        stream = self._stream or sys.stdout
+        try:
+            stream.write("\n".join(lines) + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            # A closed or broken stdout must not take the gateway down.
+            pass

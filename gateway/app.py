@@ -1,0 +1,520 @@
+"""The ASGI application: the request pipeline, its routes, and its lifespan.
+
+Pipeline of a download (``GET /v1/binaries/{key}``), each step one module::
+
+    access.object_key -> auth -> access.check -> proxy_headers + geo (locate)
+      -> policy (region) -> url_cache + signers (signed URL) -> redirect
+      -> metrics + access_log
+
+The app is pure ASGI, with no framework objects on the hot path: a cache-hit
+redirect is a handful of dictionary lookups, one HMAC-free cache read and two
+``send`` calls. Everything built from one configuration lives in a
+:class:`Runtime`; a request takes the runtime once at its start, so a later
+reload (swapping ``app.runtime``) never changes a request in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from gateway.access import AccessPolicy, object_key
+from gateway.access_log import AccessLog
+from gateway.auth import Authenticator, KeySet, bearer_token
+from gateway.errors import (
+    ConfigError,
+    GatewayError,
+    HeaderTooLarge,
+    InvalidToken,
+    MethodNotAllowed,
+    NotFound,
+    Unavailable,
+)
+from gateway.geo import GeoIPLocator, Location, location_from_headers
+from gateway.metrics import Metrics
+from gateway.openapi import OPENAPI_JSON
+from gateway.policy import GeoPolicy, Region, Rule
+from gateway.proxy_headers import TrustedProxies, client_address
+from gateway.settings import Settings
+from gateway.signers import Signer, build_signer
+from gateway.url_cache import SignedURLCache
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("gateway")
+
+BINARIES = "/v1/binaries/"
+URLS = "/v1/urls/"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@+=/-]{1,128}")
+
+# The request headers the pipeline reads, collected in one pass (slot numbers).
+_AUTHORIZATION, _XFF, _FORWARDED, _REQUEST_ID_H, _USER_AGENT, _RANGE = range(6)
+_CF_LAT, _CF_LON, _CF_COUNTRY, _CFL_COUNTRY = range(6, 10)
+_WANTED = {
+    b"authorization": _AUTHORIZATION,
+    b"x-forwarded-for": _XFF,
+    b"forwarded": _FORWARDED,
+    b"x-request-id": _REQUEST_ID_H,
+    b"user-agent": _USER_AGENT,
+    b"range": _RANGE,
+    b"cloudfront-viewer-latitude": _CF_LAT,
+    b"cloudfront-viewer-longitude": _CF_LON,
+    b"cloudfront-viewer-country": _CF_COUNTRY,
+    b"cf-ipcountry": _CFL_COUNTRY,
+}
+_GEO_SLOTS = (
+    ("cloudfront-viewer-latitude", _CF_LAT),
+    ("cloudfront-viewer-longitude", _CF_LON),
+    ("cloudfront-viewer-country", _CF_COUNTRY),
+    ("cf-ipcountry", _CFL_COUNTRY),
+)
+
+
+class Runtime:
+    """Everything built from one configuration: keys, rules, GeoIP, signers, caches."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, clock: Callable[[], float]) -> None:
+        problems: list[str] = []
+        self.settings = settings
+        self.authenticator: Authenticator | None = None
+        try:
+            keys = KeySet.from_file(settings.auth.jwks)
+            revoked = _read_revoked(settings.auth.revoked)
+            self.authenticator = Authenticator(
+                keys,
+                issuer=settings.auth.issuer,
+                audience=settings.auth.audience,
+                algorithms=settings.auth.algorithms,
+                leeway=settings.auth.leeway,
+                max_token_lifetime=settings.auth.max_token_lifetime,
+                revoked=revoked,
+                cache_size=settings.auth.cache_size,
+                clock=clock,
+            )
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        self.locator: GeoIPLocator | None = None
+        if settings.geo.database is not None:
+            try:
+                self.locator = GeoIPLocator(settings.geo.database, settings.geo.cache_size)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        if problems:
+            raise ConfigError(problems)
+        self.access = AccessPolicy([rule.prefix for rule in settings.access])
+        self.trusted = TrustedProxies(list(settings.server.trusted_proxies))
+        self.geo_headers = frozenset(settings.server.geo_headers)
+        self.policy = GeoPolicy(
+            [Region(name, *r.location) for name, r in settings.regions.items()],
+            {
+                name: Rule(frozenset(rule.countries), frozenset(rule.continents), rule.regions)
+                for name, rule in settings.geo.residency.items()
+            },
+            settings.default_region,
+        )
+        self.signers: dict[str, Signer] = {
+            name: build_signer(region.backend) for name, region in settings.regions.items()
+        }
+        self.backend_kind = {name: signer.kind for name, signer in self.signers.items()}
+        signing = settings.signing
+        self.urls = SignedURLCache(
+            ttl=int(signing.ttl),
+            window=signing.window_seconds,
+            min_remaining=int(signing.min_remaining),
+            maxsize=signing.cache_size,
+            clock=clock,
+            observe=lambda kind, seconds: metrics.signing_time(kind).observe(seconds),
+        )
+        # Health comes from active and passive checks in a later version; for
+        # now every configured region is treated as healthy.
+        self.healthy: frozenset[str] = frozenset(settings.regions)
+        self.max_header_bytes = settings.limits.max_header_bytes
+        self.max_head_bytes = 4 * settings.limits.max_header_bytes
+        self.max_concurrent = settings.limits.max_concurrent_requests
+        metrics.prepare(settings.regions, set(self.backend_kind.values()))
+
+    async def aclose(self) -> None:
+        for signer in self.signers.values():
+            with contextlib.suppress(Exception):
+                await signer.aclose()
+        if self.locator is not None:
+            self.locator.close()
+
+
+def _read_revoked(path: str | None) -> frozenset[str]:
+    if path is None:
+        return frozenset()
+    try:
+        with open(path) as f:
+            lines = (line.split("#", 1)[0].strip() for line in f)
+            return frozenset(line for line in lines if line)
+    except OSError as exc:
+        raise ConfigError([f"auth.revoked: cannot read {path}: {exc.strerror}"]) from None
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What the access log and metrics record about one request."""
+
+    status: int = 500
+    sub: str | None = None
+    key: str | None = None
+    region: str | None = None
+    backend: str | None = None
+    reason: str | None = None
+    sent: int = 0
+
+
+class GatewayApp:
+    """The gateway as an ASGI application. Build it with :func:`create_app`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        access_log: AccessLog | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.access_log = access_log if access_log is not None else AccessLog()
+        self.clock = clock
+        self.runtime: Runtime | None = None
+        self.draining = False
+        self.inflight = 0
+        self.metrics.track_inflight(lambda: self.inflight)
+        prefix = os.urandom(4).hex()
+        counter = itertools.count(1)
+        self._next_request_id = lambda: f"{prefix}-{next(counter):x}"
+        self._flusher: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifespan
+
+    async def startup(self) -> None:
+        """Build the runtime and start background work (idempotent)."""
+        if self.runtime is None:
+            self.runtime = Runtime(self.settings, self.metrics, self.clock)
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_forever())
+
+    async def shutdown(self) -> None:
+        self.draining = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        if self.runtime is not None:
+            await self.runtime.aclose()
+        self.access_log.flush()
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            self.access_log.flush()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except ConfigError as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # ------------------------------------------------------------------ requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "lifespan":
+                await self._lifespan(receive, send)
+            return
+        path: str = scope["path"]
+        if path.startswith(BINARIES):
+            await self._decide(scope, send, "binaries", len(BINARIES))
+        elif path.startswith(URLS):
+            await self._decide(scope, send, "urls", len(URLS))
+        else:
+            await self._operational(scope, send, path)
+
+    async def _decide(self, scope: Scope, send: Send, route: str, skip: int) -> None:
+        """A download or URL request: the whole pipeline."""
+        start = time.perf_counter()
+        runtime = self.runtime
+        method: str = scope["method"]
+        values: list[bytes | None] = [None] * 10
+        head_bytes = 0
+        too_large = False
+        wanted = _WANTED
+        for name, value in scope["headers"]:
+            slot = wanted.get(name)
+            if slot is not None:
+                values[slot] = value
+            size = len(value)
+            head_bytes += size + len(name)
+            if size > 4096 and runtime is not None and size > runtime.max_header_bytes:
+                too_large = True
+        raw_id = values[_REQUEST_ID_H]
+        request_id = self._request_id(raw_id)
+        outcome = _Outcome()
+        client = scope.get("client")
+        peer: str | None = client[0] if client else None
+        address = peer
+        self.inflight += 1
+        try:
+            if runtime is None or self.draining:
+                raise Unavailable("the gateway is not ready")
+            if too_large or head_bytes > runtime.max_head_bytes:
+                raise HeaderTooLarge(
+                    f"a header field is larger than {runtime.max_header_bytes} bytes, or the "
+                    f"request head larger than {runtime.max_head_bytes}"
+                )
+            if self.inflight > runtime.max_concurrent:
+                raise Unavailable("too many concurrent requests")
+            if method != "GET" and (method != "HEAD" or route != "binaries"):
+                raise MethodNotAllowed("GET, HEAD" if route == "binaries" else "GET")
+            raw_path: bytes = scope.get("raw_path") or path_bytes(scope["path"])
+            key = outcome.key = object_key(raw_path[skip:])
+            auth = values[_AUTHORIZATION]
+            device = runtime.authenticator.authenticate(  # type: ignore[union-attr]
+                bearer_token(auth.decode("latin-1") if auth is not None else None)
+            )
+            outcome.sub = device.sub
+            runtime.access.check(device.claims, key)
+            address = self._locate_address(runtime, peer, values)
+            location, from_header = self._locate(runtime, peer, address, values)
+            residency = device.claims.get("residency")
+            decision = runtime.policy.decide(
+                residency=residency if isinstance(residency, str) else None,
+                location=location,
+                healthy=runtime.healthy,
+                from_header=from_header,
+            )
+            region = outcome.region = decision.region
+            outcome.reason = decision.reason
+            outcome.backend = runtime.backend_kind[region]
+            self.metrics.decision(region, decision.reason)
+            signed, hit = await runtime.urls.get(region, runtime.signers[region], key)
+            (self.metrics.cache_hit if hit else self.metrics.cache_miss).inc()
+            common = [
+                (b"cache-control", b"no-store"),
+                (b"x-gateway-region", region.encode()),
+                (b"x-request-id", request_id.encode()),
+            ]
+            if route == "binaries":
+                outcome.status = 307
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 307,
+                        "headers": [
+                            (b"location", signed.url.encode()),
+                            (b"content-length", b"0"),
+                            *common,
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b""})
+            else:
+                body = json.dumps(
+                    {
+                        "url": signed.url,
+                        "expires_at": time.strftime(
+                            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(signed.expires_at)
+                        ),
+                        "region": region,
+                        "backend": outcome.backend,
+                    }
+                ).encode()
+                outcome.status = 200
+                outcome.sent = len(body)
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            *common,
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+        except GatewayError as exc:
+            if isinstance(exc, InvalidToken):
+                self.metrics.auth_failure(exc.reason)
+            outcome.sent = await self._problem(send, exc, request_id, outcome.region, method)
+            outcome.status = exc.status
+        except Exception:
+            # Never a stack trace to the client; the log gets the type, not the
+            # message, which could carry request data.
+            log.exception("unexpected error (request %s)", request_id)
+            outcome.status = 500
+            outcome.sent = await self._problem(
+                send, GatewayError("unexpected error"), request_id, None, method
+            )
+        finally:
+            self.inflight -= 1
+            elapsed = time.perf_counter() - start
+            self.metrics.request(route, method, outcome.status, elapsed)
+            rng = values[_RANGE]
+            ua = values[_USER_AGENT]
+            self.access_log.record(
+                now=self.clock(),
+                request_id=request_id,
+                sub=outcome.sub,
+                key=outcome.key,
+                region=outcome.region,
+                backend=outcome.backend,
+                reason=outcome.reason,
+                method=method,
+                status=outcome.status,
+                bytes_sent=outcome.sent,
+                range_header=rng.decode("latin-1")[:200] if rng is not None else None,
+                duration_s=elapsed,
+                client=address,
+                user_agent=ua.decode("latin-1")[:300] if ua is not None else None,
+            )
+
+    def _request_id(self, raw: bytes | None) -> str:
+        if raw is not None:
+            text = raw.decode("latin-1")
+            if _REQUEST_ID.fullmatch(text):
+                return text
+        return self._next_request_id()
+
+    @staticmethod
+    def _locate_address(runtime: Runtime, peer: str | None, values: list[bytes | None]) -> str | None:
+        xff, fwd = values[_XFF], values[_FORWARDED]
+        if peer is None or (xff is None and fwd is None):
+            return peer
+        return client_address(
+            peer,
+            xff.decode("latin-1") if xff is not None else None,
+            fwd.decode("latin-1") if fwd is not None else None,
+            runtime.trusted,
+        )
+
+    @staticmethod
+    def _locate(
+        runtime: Runtime, peer: str | None, address: str | None, values: list[bytes | None]
+    ) -> tuple[Location | None, bool]:
+        """The device's location and whether it came from a trusted edge header."""
+        if runtime.geo_headers and peer is not None and peer in runtime.trusted:
+            present = {
+                name: value.decode("latin-1")
+                for name, slot in _GEO_SLOTS
+                if (value := values[slot]) is not None
+            }
+            if present:
+                location = location_from_headers(present, runtime.geo_headers)
+                if location is not None:
+                    return location, True
+        if runtime.locator is not None and address is not None:
+            return runtime.locator.lookup(address), False
+        return None, False
+
+    async def _problem(
+        self, send: Send, exc: GatewayError, request_id: str, region: str | None, method: str
+    ) -> int:
+        status, headers, body = exc.render()
+        headers.append((b"x-request-id", request_id.encode()))
+        if region is not None:
+            headers.append((b"x-gateway-region", region.encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        if method == "HEAD":
+            body = b""
+        await send({"type": "http.response.body", "body": body})
+        return len(body)
+
+    # ------------------------------------------------------------------ operational routes
+
+    async def _operational(self, scope: Scope, send: Send, path: str) -> None:
+        start = time.perf_counter()
+        method: str = scope["method"]
+        request_id = self._request_id(dict(scope["headers"]).get(b"x-request-id"))
+        route = {
+            "/metrics": "metrics",
+            "/healthz": "healthz",
+            "/readyz": "readyz",
+            "/openapi.json": "openapi",
+        }.get(path, "other")
+        status = 500
+        try:
+            if route == "other":
+                raise NotFound(f"no route for {path[:200]!r}")
+            if method not in ("GET", "HEAD"):
+                raise MethodNotAllowed("GET, HEAD")
+            content_type = b"application/json"
+            if route == "metrics":
+                body, content_type = generate_latest(self.registry), CONTENT_TYPE_LATEST.encode()
+                status = 200
+            elif route == "healthz":
+                body, status = b'{"status":"ok"}', 200
+            elif route == "readyz":
+                ready = (
+                    self.runtime is not None and not self.draining and bool(self.runtime.healthy)
+                )
+                status = 200 if ready else 503
+                body = b'{"status":"ready"}' if ready else b'{"status":"not ready"}'
+            else:
+                body, status = OPENAPI_JSON, 200
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"content-type", content_type),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"cache-control", b"no-store"),
+                        (b"x-request-id", request_id.encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+        except GatewayError as exc:
+            status = exc.status
+            await self._problem(send, exc, request_id, None, method)
+        finally:
+            self.metrics.request(route, method, status, time.perf_counter() - start)
+
+
+def path_bytes(path: str) -> bytes:
+    """A decoded ASGI ``path`` back to bytes, for servers that give no ``raw_path``."""
+    from urllib.parse import quote
+
+    return quote(path, safe="/:@!$&'()*+,;=-._~").encode("ascii")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    access_log: AccessLog | None = None,
+    clock: Callable[[], float] = time.time,
+) -> GatewayApp:
+    """The gateway ASGI app for ``settings``. Keys, GeoIP and signers load at lifespan start."""
+    return GatewayApp(settings, registry=registry, access_log=access_log, clock=clock)

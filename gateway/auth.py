@@ -1,0 +1,643 @@
+"""Device authentication: verify a bearer JWT against the fleet's JWKS.
+
+Usage::
+
+    keys = KeySet.from_file("config/keys/jwks.json")        # ConfigError if unusable
+    authn = Authenticator(
+        keys,
+        issuer="https://devices.example.com",
+        audience="firmware-gateway",
+        algorithms=["EdDSA", "ES256"],
+        leeway=60,
+        max_token_lifetime=30 * 86400,
+    )
+    device = authn.authenticate(bearer_token(authorization_header_value))
+    device.sub, device.claims["product"]
+
+Every refusal raises :class:`gateway.errors.InvalidToken` whose ``reason`` is one
+of :data:`FAILURE_REASONS` (the ``gateway_auth_failures_total{reason}`` label) and
+whose ``detail`` never contains the token or its signature. No PyJWT exception
+leaves this module.
+
+Design notes (RFC 8725, "JWT Best Current Practices"):
+
+* The algorithm used to verify is a property of the *key* (its ``kty``/``crv``
+  and optional ``alg``), fixed when the JWKS is loaded. The token header's
+  ``alg`` must equal it; it is never used to choose how to verify (RFC 8725
+  section 2.1 / 3.1: this is what defeats "alg: none" and HS256-signed-with-the-
+  public-key confusion).
+* Keys come only from the configured JWKS. Header parameters that point at
+  keys (``jku``, ``x5u``, ``jwk``, ``x5c``) are ignored (RFC 8725 section 3.10).
+* Verified tokens are cached until their ``exp``; revocation is re-checked on
+  every cache hit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple, TypeAlias
+
+import jwt
+from cachetools import TLRUCache
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from jwt.exceptions import InvalidJTIError, InvalidSubjectError
+from jwt.types import Options
+
+from gateway.errors import ConfigError, InvalidToken
+
+__all__ = [
+    "FAILURE_REASONS",
+    "MAX_TOKEN_LENGTH",
+    "MIN_RSA_BITS",
+    "SUPPORTED_ALGORITHMS",
+    "Authenticator",
+    "CacheInfo",
+    "Device",
+    "KeySet",
+    "VerifyingKey",
+    "bearer_token",
+]
+
+#: Every ``InvalidToken.reason`` this module raises (metric label values).
+FAILURE_REASONS = (
+    "missing",
+    "malformed",
+    "bad_algorithm",
+    "unknown_kid",
+    "crit",
+    "bad_signature",
+    "missing_claim",
+    "expired",
+    "not_yet_valid",
+    "bad_issuer",
+    "bad_audience",
+    "lifetime",
+    "revoked",
+)
+
+#: JWS algorithms a key in the JWKS may be bound to (RFC 7518 section 3.1, RFC 8037).
+#: Symmetric (HS*) and "none" are deliberately absent.
+SUPPORTED_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES384", "RS256", "PS256"})
+
+#: Longer tokens are refused before any parsing (a device token is a few hundred
+#: bytes; this bounds the work an unauthenticated client can ask for).
+MAX_TOKEN_LENGTH = 8192
+
+#: RFC 7518 section 3.3 / 3.5: RSA keys of 2048 bits or larger MUST be used.
+MIN_RSA_BITS = 2048
+
+VerifyingKey: TypeAlias = Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+
+# RFC 7515 section 7.1 compact serialization: three base64url segments without
+# padding (section 2). The payload and signature may be empty ("alg": "none"
+# tokens have an empty signature; we want to refuse those as bad_algorithm, not
+# as malformed, so the metric tells an attack from line noise).
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+
+# RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_B64TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+
+# JWK "crv" -> (curve, JWS alg, coordinate size in bytes); RFC 7518 section 6.2.1.
+_EC_CURVES: dict[str, tuple[ec.EllipticCurve, str, int]] = {
+    "P-256": (ec.SECP256R1(), "ES256", 32),
+    "P-384": (ec.SECP384R1(), "ES384", 48),
+}
+_RSA_ALGORITHMS = frozenset({"RS256", "PS256"})
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """An authenticated device: what the rest of the pipeline may rely on.
+
+    ``claims`` is the whole verified payload, read-only all the way down (JSON
+    objects become read-only mappings, arrays become tuples) because one
+    ``Device`` is shared by every request that presents the same token.
+    ``exp`` is the token's expiry (seconds since the epoch, rounded down);
+    ``jti`` is the token id when the token has one.
+    """
+
+    sub: str
+    claims: Mapping[str, Any]
+    exp: int
+    jti: str | None
+
+
+class CacheInfo(NamedTuple):
+    """Verified-token cache statistics, as :func:`functools.lru_cache` reports them."""
+
+    hits: int
+    misses: int
+    maxsize: int
+    currsize: int
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def _b64url_decode(value: Any, what: str) -> bytes:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_-]*", value):
+        raise ValueError(f"{what} is not a base64url string")
+    try:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"{what} is not valid base64url") from exc
+
+
+def _parse_jwk(jwk: Mapping[str, Any]) -> tuple[VerifyingKey, str]:
+    """Turn one public JWK into (key object, the one JWS alg it verifies).
+
+    Raises ValueError with a short reason for anything we will not use.
+    """
+    # A private JWK (RFC 7518 section 6.2.2 / 6.3.2, RFC 8037 section 2 all use
+    # "d") has no business on an edge server that only verifies.
+    if "d" in jwk:
+        raise ValueError('contains private key material ("d"); publish only the public key')
+    kty = jwk.get("kty")
+    declared = jwk.get("alg")
+    if declared is not None and not isinstance(declared, str):
+        raise ValueError('"alg" is not a string')
+
+    key: VerifyingKey
+    if kty == "OKP":
+        # RFC 8037 section 2: Ed25519 public key is "x", 32 bytes.
+        if jwk.get("crv") != "Ed25519":
+            raise ValueError(f"OKP curve {jwk.get('crv')!r} is not supported (only Ed25519)")
+        x = _b64url_decode(jwk.get("x"), '"x"')
+        if len(x) != 32:
+            raise ValueError('"x" is not a 32-byte Ed25519 public key')
+        key, alg = Ed25519PublicKey.from_public_bytes(x), "EdDSA"
+    elif kty == "EC":
+        crv = jwk.get("crv")
+        if not isinstance(crv, str) or crv not in _EC_CURVES:
+            raise ValueError(f"EC curve {crv!r} is not supported (P-256, P-384)")
+        curve, alg, size = _EC_CURVES[crv]
+        x = _b64url_decode(jwk.get("x"), '"x"')
+        y = _b64url_decode(jwk.get("y"), '"y"')
+        # RFC 7518 section 6.2.1.2/6.2.1.3: coordinates MUST be the full size.
+        if len(x) != size or len(y) != size:
+            raise ValueError(f'"x"/"y" must be {size} bytes each for {crv}')
+        numbers = ec.EllipticCurvePublicNumbers(
+            int.from_bytes(x, "big"), int.from_bytes(y, "big"), curve
+        )
+        # public_key() refuses a point that is not on the curve (invalid-curve attacks).
+        key = numbers.public_key()
+    elif kty == "RSA":
+        n = int.from_bytes(_b64url_decode(jwk.get("n"), '"n"'), "big")
+        e = int.from_bytes(_b64url_decode(jwk.get("e"), '"e"'), "big")
+        if n.bit_length() < MIN_RSA_BITS:
+            raise ValueError(
+                f"RSA key is {n.bit_length()} bits; at least {MIN_RSA_BITS} are required "
+                "(RFC 7518 section 3.3)"
+            )
+        key = rsa.RSAPublicNumbers(e, n).public_key()
+        # kty alone cannot tell PKCS#1 v1.5 from PSS; RS256 unless the JWK says PS256.
+        alg = declared if declared in _RSA_ALGORITHMS else "RS256"
+    else:
+        raise ValueError(f"key type {kty!r} is not supported (OKP, EC, RSA)")
+
+    if declared is not None and declared != alg:
+        raise ValueError(f'"alg" {declared!r} does not match the key (expected {alg!r})')
+    return key, alg
+
+
+def _fingerprint(key: VerifyingKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+class KeySet:
+    """The public keys tokens may be signed with, by ``kid``, each bound to one algorithm.
+
+    Build it from a JWKS document (RFC 7517 section 5)::
+
+        KeySet({"keys": [...]})            # a parsed document
+        KeySet.from_json(body)             # bytes/str, e.g. fetched from a URL
+        KeySet.from_file("jwks.json")
+
+    Keys whose ``use`` is not ``sig`` (or whose ``key_ops`` lack ``verify``) are
+    skipped. Every other key must be usable: it needs a ``kid`` unique in the set,
+    a supported type (OKP Ed25519 -> EdDSA, EC P-256 -> ES256, EC P-384 -> ES384,
+    RSA >= 2048 bits -> RS256, or PS256 when its ``alg`` says so), and an ``alg``,
+    if present, that agrees with the key. Otherwise :class:`ConfigError` lists
+    every problem, one ``auth.jwks: ...`` line each (a key the operator expects
+    to work must never be dropped silently). A set with no usable signing key is
+    an error too.
+
+    ``field`` is the config path used as the prefix of those lines.
+    """
+
+    __slots__ = ("_fingerprints", "_keys")
+
+    def __init__(self, document: Mapping[str, Any], *, field: str = "auth.jwks") -> None:
+        if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
+            raise ConfigError([f'{field}: not a JWKS (expected a JSON object with a "keys" list)'])
+        keys: dict[str, tuple[VerifyingKey, str]] = {}
+        problems: list[str] = []
+        for index, jwk in enumerate(document["keys"]):
+            where = f"{field}: keys[{index}]"
+            if not isinstance(jwk, Mapping):
+                problems.append(f"{where}: not a JSON object")
+                continue
+            kid = jwk.get("kid")
+            if isinstance(kid, str) and kid:
+                where = f"{where} (kid {kid!r})"
+            # RFC 7517 section 4.2/4.3: a key meant for encryption is not ours to use.
+            use = jwk.get("use")
+            ops = jwk.get("key_ops")
+            if (use is not None and use != "sig") or (
+                isinstance(ops, list) and "verify" not in ops
+            ):
+                continue
+            if not isinstance(kid, str) or not kid:
+                problems.append(f'{where}: has no "kid" (tokens select their key by kid)')
+                continue
+            if kid in keys:
+                problems.append(f"{where}: duplicate kid")
+                continue
+            try:
+                keys[kid] = _parse_jwk(jwk)
+            except ValueError as exc:
+                problems.append(f"{where}: {exc}")
+        if not problems and not keys:
+            problems.append(f"{field}: no usable signing keys")
+        if problems:
+            raise ConfigError(problems)
+        self._keys: Mapping[str, tuple[VerifyingKey, str]] = MappingProxyType(keys)
+        self._fingerprints = frozenset(
+            (kid, alg, _fingerprint(key)) for kid, (key, alg) in keys.items()
+        )
+
+    @classmethod
+    def from_json(
+        cls, data: str | bytes, *, source: str = "JWKS", field: str = "auth.jwks"
+    ) -> KeySet:
+        """Parse a JWKS from JSON text; ``source`` names it in the error line."""
+        try:
+            document = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise ConfigError([f"{field}: {source} is not valid JSON ({exc})"]) from exc
+        return cls(document, field=field)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], *, field: str = "auth.jwks") -> KeySet:
+        """Read a JWKS file; any failure is a :class:`ConfigError` with one clear line."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise ConfigError([f"{field}: cannot read {os.fspath(path)}: {exc.strerror}"]) from exc
+        return cls.from_json(data, source=os.fspath(path), field=field)
+
+    def get(self, kid: str) -> tuple[VerifyingKey, str] | None:
+        """The (public key, JWS alg) for ``kid``, or None when the set has no such key."""
+        return self._keys.get(kid)
+
+    @property
+    def kids(self) -> frozenset[str]:
+        """The key ids in the set."""
+        return frozenset(self._keys)
+
+    def __contains__(self, kid: object) -> bool:
+        return kid in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __eq__(self, other: object) -> bool:
+        # Same kids, algorithms and key material: lets a JWKS refresh that changed
+        # nothing keep the verified-token cache.
+        if not isinstance(other, KeySet):
+            return NotImplemented
+        return self._fingerprints == other._fingerprints
+
+    def __hash__(self) -> int:
+        return hash(self._fingerprints)
+
+    def __repr__(self) -> str:
+        return f"KeySet({sorted(self._keys)!r})"
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def bearer_token(authorization: str | None) -> str:
+    """Extract the token from an ``Authorization`` header value.
+
+    ``Bearer <token>`` with the scheme matched case-insensitively (RFC 6750
+    section 2.1, RFC 9110 section 11.1). No header -> ``InvalidToken("missing")``;
+    another scheme, no token or a token with characters outside ``b64token`` ->
+    ``InvalidToken("malformed")``.
+    """
+    if authorization is None:
+        raise InvalidToken("missing", "no bearer token (send Authorization: Bearer <token>)")
+    scheme, _, rest = authorization.strip(" \t").partition(" ")
+    if scheme.lower() != "bearer":
+        raise InvalidToken("malformed", "the Authorization scheme is not Bearer")
+    token = rest.lstrip(" ")
+    if not _B64TOKEN.fullmatch(token):
+        raise InvalidToken("malformed", "the Bearer credentials are empty or not a token")
+    return token
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        # RFC 7515 section 4: names MUST be unique; refusing is the safe choice
+        # (no two parsers can then disagree about which value counts).
+        raise ValueError("duplicate header parameter")
+    return result
+
+
+def _decode_header(segment: str) -> dict[str, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        header = json.loads(raw, object_pairs_hook=_reject_duplicates)
+    except (ValueError, RecursionError) as exc:  # binascii.Error and JSON errors are ValueErrors
+        raise InvalidToken("malformed", "the token header is not base64url JSON") from exc
+    if not isinstance(header, dict):
+        raise InvalidToken("malformed", "the token header is not a JSON object")
+    return header
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
+    # RFC 7519 section 2: NumericDate is a JSON number of seconds since the epoch.
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidToken("malformed", f"the {name} claim is not a NumericDate")
+    return float(value)
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _device_expiry(_token: str, device: Device, _now: float) -> float:
+    # RFC 7519 section 4.1.4: the token MUST NOT be accepted on or after exp; the
+    # cache holds an entry while timer() < expires, i.e. strictly before exp.
+    return device.exp
+
+
+class Authenticator:
+    """Verifies device tokens; one per worker process, built from the ``auth`` config.
+
+    ``algorithms`` is the allow-list of JWS algorithms (a subset of
+    :data:`SUPPORTED_ALGORITHMS`); ``leeway`` (seconds) absorbs clock skew for
+    ``exp``/``nbf``/``iat``; ``max_token_lifetime`` (seconds) bounds ``exp - iat``
+    (``exp - now`` without ``iat``); ``revoked`` holds device ids (``sub``) and
+    token ids (``jti``); ``clock`` returns the time in seconds since the epoch
+    and drives both the claim checks and the cache expiry.
+
+    :meth:`authenticate` is synchronous and cheap on a cache hit (a dict lookup
+    and two set lookups). The object is not thread-safe: call it from the event
+    loop thread only. A bad configuration raises :class:`ConfigError`.
+    """
+
+    def __init__(
+        self,
+        keys: KeySet,
+        *,
+        issuer: str,
+        audience: str,
+        algorithms: Sequence[str],
+        leeway: float,
+        max_token_lifetime: float,
+        revoked: frozenset[str] = frozenset(),
+        cache_size: int = 100_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        problems: list[str] = []
+        if not issuer:
+            problems.append("auth.issuer: must not be empty")
+        if not audience:
+            problems.append("auth.audience: must not be empty")
+        unsupported = [a for a in algorithms if a not in SUPPORTED_ALGORITHMS]
+        if unsupported:
+            problems.append(
+                f"auth.algorithms: unsupported {', '.join(map(repr, unsupported))} "
+                f"(supported: {', '.join(sorted(SUPPORTED_ALGORITHMS))})"
+            )
+        elif not algorithms:
+            problems.append("auth.algorithms: list at least one algorithm")
+        if not leeway >= 0:
+            problems.append("auth.leeway: must not be negative")
+        if not max_token_lifetime > 0:
+            problems.append("auth.max_token_lifetime: must be positive")
+        if cache_size < 0:
+            problems.append("auth.cache_size: must not be negative")
+        if problems:
+            raise ConfigError(problems)
+
+        self._keys = keys
+        self._issuer = issuer
+        self._audience = audience
+        self._algorithms = frozenset(algorithms)
+        self._leeway = float(leeway)
+        self._max_lifetime = float(max_token_lifetime)
+        self._revoked = frozenset(revoked)
+        self._clock = clock
+        self._cache: TLRUCache[str, Device] = TLRUCache(
+            maxsize=cache_size, ttu=_device_expiry, timer=clock
+        )
+        self._hits = 0
+        self._misses = 0
+        # PyJWT checks the signature, the payload's JSON, presence of exp/sub, iss,
+        # aud and the types of sub/jti. The time claims are checked here instead:
+        # PyJWT reads the wall clock (datetime.now), which cannot be injected and
+        # must agree with the cache's timer.
+        self._jwt = jwt.PyJWT()
+        self._options: Options = {
+            "verify_signature": True,
+            "require": ["exp", "sub"],
+            "verify_exp": False,
+            "verify_nbf": False,
+            "verify_iat": False,
+            "verify_iss": True,
+            "verify_aud": True,
+            "strict_aud": False,
+            "verify_sub": True,
+            "verify_jti": True,
+            "enforce_minimum_key_length": True,
+        }
+
+    # -- configuration that may change at reload without losing the cache
+
+    @property
+    def keys(self) -> KeySet:
+        """The key set tokens are verified against."""
+        return self._keys
+
+    def set_keys(self, keys: KeySet) -> None:
+        """Swap in a new key set (JWKS reload). The cache is dropped unless nothing changed,
+        so a token signed by a removed key stops working at once."""
+        if keys != self._keys:
+            self._cache.clear()
+        self._keys = keys
+
+    @property
+    def revoked(self) -> frozenset[str]:
+        """The revoked ``sub`` and ``jti`` values."""
+        return self._revoked
+
+    def set_revoked(self, revoked: frozenset[str]) -> None:
+        """Replace the revocation list; applies to cached tokens too (checked on every hit)."""
+        self._revoked = frozenset(revoked)
+
+    # -- the hot path
+
+    def authenticate(self, token: str) -> Device:
+        """Verify ``token`` (the bare JWT, see :func:`bearer_token`) and return its device.
+
+        Raises :class:`InvalidToken`; its ``reason`` is one of :data:`FAILURE_REASONS`.
+        """
+        device = self._cache.get(token)
+        if device is not None:
+            self._hits += 1
+            self._check_revoked(device)
+            return device
+        self._misses += 1
+        device = self._verify(token)
+        self._check_revoked(device)
+        if self._cache.maxsize:
+            # Only successes are cached; an entry leaves at the token's exp (or
+            # earlier, by LRU, when the cache is full).
+            self._cache[token] = device
+        return device
+
+    def _check_revoked(self, device: Device) -> None:
+        # Checked only after the signature: an unauthenticated client must not be
+        # able to learn which device ids are revoked.
+        revoked = self._revoked
+        if device.sub in revoked or (device.jti is not None and device.jti in revoked):
+            raise InvalidToken("revoked", "the device or token has been revoked")
+
+    def _verify(self, token: str) -> Device:
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidToken("malformed", f"the token is longer than {MAX_TOKEN_LENGTH} bytes")
+        if not _COMPACT_JWS.fullmatch(token):
+            raise InvalidToken("malformed", "not a JWT (three base64url segments)")
+        header = _decode_header(token[: token.index(".")])
+
+        # RFC 8725 section 3.1: never accept "none", whatever its spelling.
+        alg = header.get("alg")
+        if not isinstance(alg, str) or not alg or alg.lower() == "none":
+            raise InvalidToken("bad_algorithm", "the token is unsigned or names no algorithm")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise InvalidToken("unknown_kid", "the token header has no kid")
+        entry = self._keys.get(kid)
+        if entry is None:
+            raise InvalidToken("unknown_kid", "the token's kid is not in the key set")
+        key, key_alg = entry
+        # RFC 8725 section 2.1: the key decides the algorithm; a header naming any
+        # other (e.g. HS256 "signed" with our public key as HMAC secret) is refused.
+        if key_alg not in self._algorithms:
+            raise InvalidToken("bad_algorithm", f"algorithm {key_alg} is not allowed")
+        if alg != key_alg:
+            raise InvalidToken("bad_algorithm", f"the token's alg is not the key's ({key_alg})")
+        # RFC 7515 section 4.1.11: a recipient MUST reject a JWS with a critical
+        # extension it does not understand; we understand none.
+        if "crit" in header:
+            raise InvalidToken("crit", "the token has critical header parameters")
+
+        try:
+            claims = self._jwt.decode(
+                token,
+                key,
+                algorithms=[key_alg],
+                options=self._options,
+                audience=self._audience,
+                issuer=self._issuer,
+            )
+        except jwt.InvalidSignatureError as exc:
+            raise InvalidToken("bad_signature", "signature verification failed") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            reason = {"iss": "bad_issuer", "aud": "bad_audience"}.get(exc.claim, "missing_claim")
+            raise InvalidToken(reason, f"the {exc.claim} claim is missing") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise InvalidToken("bad_issuer", "iss is not the configured issuer") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise InvalidToken("bad_audience", "aud does not contain this gateway") from exc
+        except InvalidSubjectError as exc:
+            raise InvalidToken("missing_claim", "sub is not a string") from exc
+        except InvalidJTIError as exc:
+            raise InvalidToken("malformed", "jti is not a string") from exc
+        except jwt.InvalidAlgorithmError as exc:
+            raise InvalidToken("bad_algorithm", "algorithm refused") from exc
+        except jwt.PyJWTError as exc:
+            # DecodeError (payload not base64url JSON object) and anything newer.
+            raise InvalidToken("malformed", "the token cannot be decoded") from exc
+        except (ValueError, TypeError) as exc:
+            # Hostile input must end as a 401, never as a 500.
+            raise InvalidToken("malformed", "the token cannot be decoded") from exc
+
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise InvalidToken("missing_claim", "the sub claim is missing or empty")
+        exp = _numeric_date(claims, "exp")
+        if exp is None:  # PyJWT's "require" already refused this; kept for the type checker
+            raise InvalidToken("missing_claim", "the exp claim is missing")
+        nbf = _numeric_date(claims, "nbf")
+        iat = _numeric_date(claims, "iat")
+
+        # RFC 7519 sections 4.1.4-4.1.6, with a small leeway for clock skew.
+        now = self._clock()
+        if exp <= now - self._leeway:
+            raise InvalidToken("expired", f"the token expired {now - exp:.0f} s ago")
+        if nbf is not None and nbf > now + self._leeway:
+            raise InvalidToken("not_yet_valid", "the token is not valid yet (nbf)")
+        if iat is not None and iat > now + self._leeway:
+            raise InvalidToken("not_yet_valid", "the token is issued in the future (iat)")
+        # A long-lived bearer token is a standing credential (a stolen one works
+        # until exp), so the operator caps how long any one token may live.
+        lifetime = exp - (iat if iat is not None else now)
+        if lifetime > self._max_lifetime:
+            raise InvalidToken(
+                "lifetime",
+                f"the token lives {lifetime:.0f} s; at most {self._max_lifetime:.0f} s allowed",
+            )
+
+        jti = claims.get("jti")
+        try:
+            frozen = _freeze(claims)
+        except RecursionError as exc:
+            raise InvalidToken("malformed", "the token's claims are nested too deeply") from exc
+        return Device(
+            sub=sub,
+            claims=frozen,
+            exp=math.floor(exp),
+            jti=jti if isinstance(jti, str) else None,
+        )
+
+    # -- introspection
+
+    def cache_info(self) -> CacheInfo:
+        """Hits, misses, capacity and current number of cached (unexpired) tokens."""
+        self._cache.expire()
+        return CacheInfo(self._hits, self._misses, int(self._cache.maxsize), len(self._cache))
+
+    @property
+    def cached_tokens(self) -> int:
+        """How many verified tokens are cached and not yet expired."""
+        return self.cache_info().currsize
+
+    def clear_cache(self) -> None:
+        """Forget every verified token (the next request of each is verified again)."""
+        self._cache.clear()

@@ -1,0 +1,419 @@
+"""The configuration file (SPEC §4), read once into typed, frozen settings.
+
+Use :func:`load_settings` (a path) or :func:`parse_settings` (an already-parsed
+mapping). Both raise :class:`gateway.errors.ConfigError` whose ``problems``
+hold one ``field.path: why`` line per problem, ready to print. Unknown keys
+are errors: a typo must never be silently ignored.
+
+Value syntaxes shared by many keys:
+
+- durations: a number of seconds, or ``500ms``, ``30s``, ``15m``, ``1h``, ``7d``;
+- sizes: a number of bytes, or ``512B``, ``8KiB``, ``1MiB``, ``1GiB``;
+- rates: ``5/s``, ``300/m``, ``1000/h``;
+- secrets: ``env:NAME`` (an environment variable), ``file:/path`` (a file's
+  content, trailing newline removed), or a literal. This module is the only
+  place that reads ``os.environ``. Secrets are ``SecretStr`` and never appear
+  in ``repr`` or logs.
+
+Relative file paths are relative to the working directory of the process.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gateway.errors import ConfigError
+
+# --------------------------------------------------------------------------- value types
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
+_SIZE_UNITS = {
+    None: 1,
+    "B": 1,
+    "KiB": 1024,
+    "MiB": 1024**2,
+    "GiB": 1024**3,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+}
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``30s``-style text or a plain number; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 15m, 1h or 7d")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    else:
+        raise ValueError("expected a duration such as 30s, 15m, 1h or 7d")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("expected a non-negative duration")
+    return seconds
+
+
+def _parse_size(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 8KiB")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE.match(value)):
+        size = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    else:
+        raise ValueError("expected a size such as 8KiB, 1MiB or a number of bytes")
+    if size <= 0:
+        raise ValueError("expected a positive size")
+    return size
+
+
+def _parse_rate(value: object) -> float:
+    if isinstance(value, str) and (m := _RATE.match(value)):
+        per = {"s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
+        rate = float(m.group(1)) / per
+        if rate > 0:
+            return rate
+    raise ValueError("expected a rate such as 5/s, 300/m or 1000/h")
+
+
+def resolve_secret(value: object) -> SecretStr:
+    """A secret from ``env:NAME``, ``file:/path`` or a literal; ValueError when unusable."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a secret: env:NAME, file:/path or a literal")
+    if value.startswith("env:"):
+        name = value[4:]
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        value = os.environ[name]
+    elif value.startswith("file:"):
+        path = value[5:]
+        try:
+            value = Path(path).read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
+    if not value:
+        raise ValueError("the secret is empty")
+    return SecretStr(value)
+
+
+def _file_path(value: object) -> str:
+    """A path to a key file; a ``file:`` prefix is accepted (SPEC §4)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a file path")
+    return value[5:] if value.startswith("file:") else value
+
+
+def _network(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a CIDR such as 10.0.0.0/8")
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP network (CIDR such as 10.0.0.0/8)") from None
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+ByteSize = Annotated[int, BeforeValidator(_parse_size)]
+Rate = Annotated[float, BeforeValidator(_parse_rate)]
+Secret = Annotated[SecretStr, BeforeValidator(resolve_secret)]
+FilePath = Annotated[str, BeforeValidator(_file_path)]
+Network = Annotated[str, BeforeValidator(_network)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+
+
+class Model(BaseModel):
+    """Base of every settings object: frozen, and unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class ServerSettings(Model):
+    trusted_proxies: tuple[Network, ...] = ()
+    geo_headers: tuple[Literal["cloudfront", "cloudflare"], ...] = ()
+
+
+Algorithm = Literal["EdDSA", "ES256", "ES384", "RS256", "PS256"]
+
+
+class AuthSettings(Model):
+    jwks: str
+    issuer: str
+    audience: str
+    algorithms: tuple[Algorithm, ...] = ("EdDSA", "ES256")
+    leeway: Duration = 60.0
+    max_token_lifetime: Duration = 30 * 86400.0
+    revoked: FilePath | None = None
+    cache_size: int = Field(100_000, ge=1)
+
+    @field_validator("jwks")
+    @classmethod
+    def _jwks_source(cls, value: str) -> str:
+        if value.startswith(("https://", "http://")):
+            raise ValueError("a JWKS URL is not supported yet; give a file path")
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _some_algorithm(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("list at least one algorithm")
+        return value
+
+
+_TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
+_CLAIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class AccessRule(Model):
+    prefix: str
+
+    @field_validator("prefix")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        for name in _TEMPLATE_FIELD.findall(value):
+            if not _CLAIM_NAME.match(name):
+                raise ValueError(f"{{{name}}} is not a claim name")
+        if "{" in _TEMPLATE_FIELD.sub("", value) or "}" in _TEMPLATE_FIELD.sub("", value):
+            raise ValueError("unbalanced { } in prefix template")
+        return value
+
+
+class ResidencyRule(Model):
+    countries: tuple[Annotated[str, Field(pattern=r"^[A-Z]{2}$")], ...] = ()
+    continents: tuple[Literal["AF", "AN", "AS", "EU", "NA", "OC", "SA"], ...] = ()
+    regions: tuple[str, ...]
+
+    @model_validator(mode="after")
+    def _place(self) -> ResidencyRule:
+        if not self.countries and not self.continents:
+            raise ValueError("give countries, continents or both")
+        if not self.regions:
+            raise ValueError("list at least one region")
+        return self
+
+
+class GeoSettings(Model):
+    database: FilePath | None = None
+    residency: dict[Name, ResidencyRule] = {}
+    default_region: str | None = None
+    cache_size: int = Field(65_536, ge=1)
+
+
+class LocalBackend(Model):
+    """The built-in origin (``gateway origin``)."""
+
+    type: Literal["local"]
+    url: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")]
+    secret: Secret
+
+
+BackendSettings = Annotated[LocalBackend, Field(discriminator="type")]
+
+
+def _location(value: object) -> tuple[float, float]:
+    if (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        and -90 <= value[0] <= 90
+        and -180 <= value[1] <= 180
+    ):
+        return (float(value[0]), float(value[1]))
+    raise ValueError("expected [latitude, longitude]")
+
+
+class RegionSettings(Model):
+    location: Annotated[tuple[float, float], BeforeValidator(_location)]
+    backend: BackendSettings
+
+
+class SigningSettings(Model):
+    ttl: Duration = 900.0
+    min_remaining: Duration = 60.0
+    # Length of the time window within which every worker and replica issues the
+    # same URL for a key; at most ttl - min_remaining. Default: a third of ttl.
+    window: Duration | None = None
+    cache_size: int = Field(100_000, ge=1)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> SigningSettings:
+        if self.ttl < 2:
+            raise ValueError("ttl must be at least 2s")
+        if self.min_remaining >= self.ttl:
+            raise ValueError("min_remaining must be shorter than ttl")
+        if self.window is not None and not 1 <= self.window <= self.ttl - self.min_remaining:
+            raise ValueError("window must be between 1s and ttl - min_remaining")
+        return self
+
+    @property
+    def window_seconds(self) -> int:
+        """The URL window actually used, in whole seconds (>= 1)."""
+        if self.window is not None:
+            return max(1, int(self.window))
+        return max(1, int(min(self.ttl / 3, self.ttl - self.min_remaining)))
+
+
+class DeliverySettings(Model):
+    mode: Literal["redirect", "stream"] = "redirect"
+
+    @field_validator("mode")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        if value == "stream":
+            raise ValueError("stream mode is not available in this version; use redirect")
+        return value
+
+
+class HealthSettings(Model):
+    interval: Duration = 5.0
+    timeout: Duration = 2.0
+    unhealthy_after: int = Field(2, ge=1)
+    healthy_after: int = Field(2, ge=1)
+
+
+class LimitsSettings(Model):
+    rate_per_device: Rate | None = None
+    burst_per_device: int = Field(20, ge=1)
+    max_concurrent_requests: int = Field(2000, ge=1)
+    header_timeout: Duration = 10.0
+    max_header_bytes: ByteSize = 8192
+    drain_timeout: Duration = 30.0
+
+
+class Settings(Model):
+    """The whole configuration. Region order is significant: it breaks ties."""
+
+    server: ServerSettings = ServerSettings()
+    auth: AuthSettings
+    access: tuple[AccessRule, ...]
+    geo: GeoSettings = GeoSettings()
+    regions: dict[Name, RegionSettings]
+    signing: SigningSettings = SigningSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    health: HealthSettings = HealthSettings()
+    limits: LimitsSettings = LimitsSettings()
+
+    @model_validator(mode="after")
+    def _references(self) -> Settings:
+        problems: list[str] = []
+        if not self.regions:
+            problems.append("regions: configure at least one region")
+        if not self.access:
+            problems.append("access: configure at least one prefix")
+        default = self.geo.default_region
+        if default is not None and default not in self.regions:
+            problems.append(f"geo.default_region: {default!r} is not a configured region")
+        for name, rule in self.geo.residency.items():
+            for region in rule.regions:
+                if region not in self.regions:
+                    problems.append(
+                        f"geo.residency.{name}.regions: {region!r} is not a configured region"
+                    )
+        if problems:
+            # Raised as one ValueError; _format() splits it back into lines.
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def default_region(self) -> str:
+        """``geo.default_region``, or the first region in the file."""
+        return self.geo.default_region or next(iter(self.regions))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+CONFIG_ENV = "GATEWAY_CONFIG"
+
+
+def config_path_from_environment() -> str:
+    """The config path a ``gateway serve --workers N`` worker was started with."""
+    try:
+        return os.environ[CONFIG_ENV]
+    except KeyError:
+        raise ConfigError([f"{CONFIG_ENV} is not set"]) from None
+
+
+def load_settings(path: str | os.PathLike[str]) -> Settings:
+    """Read and validate a YAML configuration file."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        reason = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{path}: invalid YAML{at}: {reason}"]) from None
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"{path}: expected a mapping of sections at the top level"])
+    return parse_settings(data)
+
+
+def parse_settings(data: Mapping[str, Any]) -> Settings:
+    """Validate an already-parsed configuration mapping."""
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc)) from None
+
+
+_MESSAGES = {
+    "missing": "required",
+    "extra_forbidden": "unknown key",
+}
+
+
+def _format(exc: ValidationError) -> list[str]:
+    """One ``field.path: why`` line per problem."""
+    lines: list[str] = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = [str(part) for part in error["loc"]]
+        # A discriminated union puts the tag ("local") in the path: drop it.
+        if len(loc) >= 2 and loc[-2:-1] != ["backend"] and "backend" in loc:
+            i = loc.index("backend")
+            if i + 1 < len(loc) and loc[i + 1] in {"local"}:
+                del loc[i + 1]
+        path = ".".join(loc)
+        kind = error["type"]
+        if kind in _MESSAGES:
+            message = _MESSAGES[kind]
+        elif kind == "value_error":
+            message = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
+        elif kind == "union_tag_invalid":
+            message = f"unknown backend type; expected one of: {error['ctx']['expected_tags']}"
+        elif kind == "union_tag_not_found":
+            message = "missing 'type' (the backend type)"
+        else:
+            message = error["msg"][0].lower() + error["msg"][1:]
+        for line in message.splitlines():
+            # Model-level validators report their own full paths.
+            lines.append(line if ": " in line and not path else f"{path}: {line}")
+    return lines
