@@ -21,6 +21,9 @@ demo: $(BIN)/gateway
 	$(BIN)/gateway demo --port $(PORT)
 
 test: $(VENV)/.test-deps
+	$(BIN)/ruff check gateway tests loadtests
+	$(BIN)/ruff format --check gateway tests loadtests
+	$(BIN)/mypy
 	$(BIN)/pytest -p no:cacheprovider --cov=gateway --cov-branch --cov-report=term:skip-covered
 
 lint: $(VENV)/.test-deps

@@ -38,6 +38,7 @@ from gateway.errors import (
     HeaderTooLarge,
     InvalidToken,
     MethodNotAllowed,
+    NotEntitled,
     NotFound,
     Unavailable,
 )
@@ -118,6 +119,9 @@ class Runtime:
         self.access = AccessPolicy([rule.prefix for rule in settings.access])
         self.trusted = TrustedProxies(list(settings.server.trusted_proxies))
         self.geo_headers = frozenset(settings.server.geo_headers)
+        self.forwarded_slot = (
+            _XFF if settings.server.forwarded_header == "x-forwarded-for" else _FORWARDED
+        )
         self.policy = GeoPolicy(
             [Region(name, *r.location) for name, r in settings.regions.items()],
             {
@@ -132,9 +136,9 @@ class Runtime:
         self.backend_kind = {name: signer.kind for name, signer in self.signers.items()}
         signing = settings.signing
         self.urls = SignedURLCache(
-            ttl=int(signing.ttl),
+            ttl=signing.ttl_seconds,
             window=signing.window_seconds,
-            min_remaining=int(signing.min_remaining),
+            min_remaining=signing.min_remaining_seconds,
             maxsize=signing.cache_size,
             clock=clock,
             observe=lambda kind, seconds: metrics.signing_time(kind).observe(seconds),
@@ -199,9 +203,8 @@ class GatewayApp:
         self.draining = False
         self.inflight = 0
         self.metrics.track_inflight(lambda: self.inflight)
-        prefix = os.urandom(4).hex()
-        counter = itertools.count(1)
-        self._next_request_id = lambda: f"{prefix}-{next(counter):x}"
+        self._id_prefix = os.urandom(4).hex()
+        self._id_counter = itertools.count(1)
         self._flusher: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifespan
@@ -307,8 +310,11 @@ class GatewayApp:
             address = self._locate_address(runtime, peer, values)
             location, from_header = self._locate(runtime, peer, address, values)
             residency = device.claims.get("residency")
+            if residency is not None and not isinstance(residency, str):
+                # Fail closed: a malformed pin must not free the device from its rule.
+                raise NotEntitled("the token's residency claim must be a rule name")
             decision = runtime.policy.decide(
-                residency=residency if isinstance(residency, str) else None,
+                residency=residency,
                 location=location,
                 healthy=runtime.healthy,
                 from_header=from_header,
@@ -404,19 +410,20 @@ class GatewayApp:
             text = raw.decode("latin-1")
             if _REQUEST_ID.fullmatch(text):
                 return text
-        return self._next_request_id()
+        # Unique per process without a system call: a random boot prefix and a counter.
+        return f"{self._id_prefix}-{next(self._id_counter):x}"
 
     @staticmethod
-    def _locate_address(runtime: Runtime, peer: str | None, values: list[bytes | None]) -> str | None:
-        xff, fwd = values[_XFF], values[_FORWARDED]
-        if peer is None or (xff is None and fwd is None):
+    def _locate_address(
+        runtime: Runtime, peer: str | None, values: list[bytes | None]
+    ) -> str | None:
+        header = values[runtime.forwarded_slot]
+        if peer is None or header is None:
             return peer
-        return client_address(
-            peer,
-            xff.decode("latin-1") if xff is not None else None,
-            fwd.decode("latin-1") if fwd is not None else None,
-            runtime.trusted,
-        )
+        text = header.decode("latin-1")
+        if runtime.forwarded_slot == _XFF:
+            return client_address(peer, text, None, runtime.trusted)
+        return client_address(peer, None, text, runtime.trusted)
 
     @staticmethod
     def _locate(

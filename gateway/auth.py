@@ -200,9 +200,11 @@ def _parse_jwk(jwk: Mapping[str, Any]) -> tuple[VerifyingKey, str]:
                 f"RSA key is {n.bit_length()} bits; at least {MIN_RSA_BITS} are required "
                 "(RFC 7518 section 3.3)"
             )
+        if declared is not None and declared not in _RSA_ALGORITHMS:
+            raise ValueError(f'"alg" {declared!r} is not supported for RSA keys (RS256, PS256)')
         key = rsa.RSAPublicNumbers(e, n).public_key()
-        # kty alone cannot tell PKCS#1 v1.5 from PSS; RS256 unless the JWK says PS256.
-        alg = declared if declared in _RSA_ALGORITHMS else "RS256"
+        # kty alone cannot tell PKCS#1 v1.5 from PSS: RS256 unless the JWK says PS256.
+        alg = declared or "RS256"
     else:
         raise ValueError(f"key type {kty!r} is not supported (OKP, EC, RSA)")
 
@@ -530,7 +532,7 @@ class Authenticator:
 
     def _verify(self, token: str) -> Device:
         if len(token) > MAX_TOKEN_LENGTH:
-            raise InvalidToken("malformed", f"the token is longer than {MAX_TOKEN_LENGTH} bytes")
+            raise InvalidToken("malformed", f"the token exceeds {MAX_TOKEN_LENGTH} characters")
         if not _COMPACT_JWS.fullmatch(token):
             raise InvalidToken("malformed", "not a JWT (three base64url segments)")
         header = _decode_header(token[: token.index(".")])

@@ -196,8 +196,7 @@ def run_demo(workdir: Path, *, host: str = "127.0.0.1", port: int = 8080) -> Non
         lines = [
             "",
             f"gateway demo: listening on {base}  (config and keys in {workdir})",
-            "regions: "
-            + ", ".join(f"{n} -> 127.0.0.1:{p}" for n, p in ports.items()),
+            "regions: " + ", ".join(f"{n} -> 127.0.0.1:{p}" for n, p in ports.items()),
             "",
             "device token (product=acme-x1, valid 7 days):",
             token,

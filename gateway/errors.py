@@ -108,8 +108,7 @@ class InvalidToken(GatewayError):
             value = 'Bearer realm="gateway"'
         else:
             value = (
-                f'Bearer realm="gateway", error="invalid_token", '
-                f'error_description="{description}"'
+                f'Bearer realm="gateway", error="invalid_token", error_description="{description}"'
             )
         return [(b"www-authenticate", value.encode("ascii", "replace"))]
 

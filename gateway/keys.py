@@ -173,15 +173,15 @@ def generate_key(alg: str, out_dir: str | os.PathLike[str], kid: str | None = No
     ``<kid>.pem`` (a private key is never overwritten) or an unreadable jwks.json.
     """
     out = Path(out_dir)
-    private = _new_private_key(alg)
-    public = private.public_key()
-    if kid is None:
-        kid = jwk_thumbprint(public_jwk(public, kid="", alg=alg))[:_KID_LENGTH]
-    elif not _KID.fullmatch(kid):
+    if kid is not None and not _KID.fullmatch(kid):
         raise ValueError(
             f"kid {kid!r} is not usable as a file name "
             "(letters, digits, '.', '_', '-'; at most 128; not starting with a symbol)"
         )
+    private = _new_private_key(alg)
+    public = private.public_key()
+    if kid is None:
+        kid = jwk_thumbprint(public_jwk(public, kid="", alg=alg))[:_KID_LENGTH]
     jwk = public_jwk(public, kid=kid, alg=alg)
 
     out.mkdir(parents=True, exist_ok=True)

@@ -91,7 +91,9 @@ DOCUMENT: dict[str, Any] = {
                         "description": "The signed URL.",
                         "headers": _DECISION_HEADERS,
                         "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/SignedUrl"}}
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/SignedUrl"}
+                            }
                         },
                     },
                     **_ERRORS,

@@ -129,10 +129,7 @@ class GeoPolicy:
                     key=lambda n: distance_km(lat, lon, regions[n].latitude, regions[n].longitude),
                 )
             )
-            if rule is not None:
-                preferred = "residency"
-            else:
-                preferred = "header" if from_header else "nearest"
+            preferred = "residency" if rule is not None else "header" if from_header else "nearest"
         for i, name in enumerate(ranked):
             if name in healthy:
                 return Decision(name, preferred if i == 0 else "failover")

@@ -29,9 +29,10 @@ Rule (SPEC section 4, "Locating a device"):
    left of a bad entry is ever used, because whoever wrote it is not a proxy
    we can vouch for.
 
-Operators: when both headers may arrive, ``Forwarded`` is the one believed. A
-proxy that maintains only ``X-Forwarded-For`` must strip a client's
-``Forwarded`` header (and vice versa), or a device can choose its own address.
+The gateway passes only the header named by ``server.forwarded_header``
+(default ``x-forwarded-for``): a device can send the other header itself, and
+a proxy that does not maintain it would pass it through untouched. When this
+function is given both, ``Forwarded`` wins.
 
 Pure functions and a small cache; no I/O.
 """

@@ -155,6 +155,10 @@ class Model(BaseModel):
 class ServerSettings(Model):
     trusted_proxies: tuple[Network, ...] = ()
     geo_headers: tuple[Literal["cloudfront", "cloudflare"], ...] = ()
+    # Which header the trusted proxies maintain. Only that one is read: a device
+    # can send the other one itself, and a proxy that does not know it would
+    # pass it through untouched.
+    forwarded_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
 
 
 Algorithm = Literal["EdDSA", "ES256", "ES384", "RS256", "PS256"]
@@ -262,20 +266,34 @@ class SigningSettings(Model):
 
     @model_validator(mode="after")
     def _coherent(self) -> SigningSettings:
-        if self.ttl < 2:
+        # URLs carry whole seconds (S3 X-Amz-Expires, CloudFront epoch time), so
+        # the checks use the whole seconds the signers will see.
+        if self.ttl_seconds < 2:
             raise ValueError("ttl must be at least 2s")
-        if self.min_remaining >= self.ttl:
-            raise ValueError("min_remaining must be shorter than ttl")
-        if self.window is not None and not 1 <= self.window <= self.ttl - self.min_remaining:
-            raise ValueError("window must be between 1s and ttl - min_remaining")
+        room = self.ttl_seconds - self.min_remaining_seconds
+        if room < 1:
+            raise ValueError("min_remaining must be at least 1s shorter than ttl")
+        if self.window is not None and not 1 <= self.window <= room:
+            raise ValueError(f"window must be between 1s and ttl - min_remaining ({room}s)")
         return self
 
     @property
+    def ttl_seconds(self) -> int:
+        """``ttl`` in whole seconds (rounded down: a URL never lives longer than asked)."""
+        return int(self.ttl)
+
+    @property
+    def min_remaining_seconds(self) -> int:
+        """``min_remaining`` in whole seconds (rounded up: never less life than asked)."""
+        return math.ceil(self.min_remaining)
+
+    @property
     def window_seconds(self) -> int:
-        """The URL window actually used, in whole seconds (>= 1)."""
+        """The URL window actually used, in whole seconds: 1 <= window <= ttl - min_remaining."""
+        room = self.ttl_seconds - self.min_remaining_seconds
         if self.window is not None:
-            return max(1, int(self.window))
-        return max(1, int(min(self.ttl / 3, self.ttl - self.min_remaining)))
+            return max(1, min(int(self.window), room))
+        return max(1, min(self.ttl_seconds // 3, room))
 
 
 class DeliverySettings(Model):
@@ -318,27 +336,6 @@ class Settings(Model):
     health: HealthSettings = HealthSettings()
     limits: LimitsSettings = LimitsSettings()
 
-    @model_validator(mode="after")
-    def _references(self) -> Settings:
-        problems: list[str] = []
-        if not self.regions:
-            problems.append("regions: configure at least one region")
-        if not self.access:
-            problems.append("access: configure at least one prefix")
-        default = self.geo.default_region
-        if default is not None and default not in self.regions:
-            problems.append(f"geo.default_region: {default!r} is not a configured region")
-        for name, rule in self.geo.residency.items():
-            for region in rule.regions:
-                if region not in self.regions:
-                    problems.append(
-                        f"geo.residency.{name}.regions: {region!r} is not a configured region"
-                    )
-        if problems:
-            # Raised as one ValueError; _format() splits it back into lines.
-            raise ValueError("\n".join(problems))
-        return self
-
     @property
     def default_region(self) -> str:
         """``geo.default_region``, or the first region in the file."""
@@ -379,12 +376,48 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
 
 def parse_settings(data: Mapping[str, Any]) -> Settings:
     """Validate an already-parsed configuration mapping."""
+    problems: list[str] = []
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format(exc)) from None
+        problems = _format(exc)
+    # Cross-references are checked on the raw mapping too, so that an operator
+    # sees them together with every field problem in one run.
+    problems += [p for p in _reference_problems(data) if p not in problems]
+    if problems:
+        raise ConfigError(problems)
+    return settings
 
 
+def _reference_problems(data: Mapping[str, Any]) -> list[str]:
+    """Names that must refer to configured regions, checked defensively on raw data."""
+    regions = data.get("regions")
+    names = set(regions) if isinstance(regions, Mapping) else None
+    problems: list[str] = []
+    if isinstance(regions, Mapping) and not regions:
+        problems.append("regions: configure at least one region")
+    access = data.get("access")
+    if isinstance(access, list | tuple) and not access:
+        problems.append("access: configure at least one prefix")
+    geo = data.get("geo")
+    if names is None or not isinstance(geo, Mapping):
+        return problems
+    default = geo.get("default_region")
+    if isinstance(default, str) and default not in names:
+        problems.append(f"geo.default_region: {default!r} is not a configured region")
+    residency = geo.get("residency")
+    if isinstance(residency, Mapping):
+        for name, rule in residency.items():
+            listed = rule.get("regions") if isinstance(rule, Mapping) else None
+            for region in listed if isinstance(listed, list | tuple) else ():
+                if isinstance(region, str) and region not in names:
+                    problems.append(
+                        f"geo.residency.{name}.regions: {region!r} is not a configured region"
+                    )
+    return problems
+
+
+_TAGS = {"local"}
 _MESSAGES = {
     "missing": "required",
     "extra_forbidden": "unknown key",
@@ -396,11 +429,9 @@ def _format(exc: ValidationError) -> list[str]:
     lines: list[str] = []
     for error in exc.errors(include_url=False, include_input=False):
         loc = [str(part) for part in error["loc"]]
-        # A discriminated union puts the tag ("local") in the path: drop it.
-        if len(loc) >= 2 and loc[-2:-1] != ["backend"] and "backend" in loc:
-            i = loc.index("backend")
-            if i + 1 < len(loc) and loc[i + 1] in {"local"}:
-                del loc[i + 1]
+        # The backend union puts its tag in the path (regions.X.backend.local.url): drop it.
+        if len(loc) >= 5 and loc[0] == "regions" and loc[2] == "backend" and loc[3] in _TAGS:
+            del loc[3]
         path = ".".join(loc)
         kind = error["type"]
         if kind in _MESSAGES:

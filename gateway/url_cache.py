@@ -48,6 +48,8 @@ class SignedURLCache:
     ) -> None:
         if not 1 <= window <= ttl - min_remaining:
             raise ValueError("window must be between 1 and ttl - min_remaining")
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
         self._ttl = ttl
         self._window = window
         self._min_remaining = min_remaining

@@ -143,7 +143,9 @@ def write_origin_roots(workdir: Path, regions: list[str]) -> dict[str, Path]:
     return roots
 
 
-def base_config(workdir: Path, origins: dict[str, str], secrets: dict[str, bytes]) -> dict[str, Any]:
+def base_config(
+    workdir: Path, origins: dict[str, str], secrets: dict[str, bytes]
+) -> dict[str, Any]:
     return {
         "server": {"trusted_proxies": ["127.0.0.1/32"], "geo_headers": ["cloudfront"]},
         "auth": {
@@ -173,9 +175,7 @@ def base_config(workdir: Path, origins: dict[str, str], secrets: dict[str, bytes
 
 
 @contextlib.contextmanager
-def running_stack(
-    workdir: Path, edit: Any = None, **uvicorn_options: Any
-) -> Iterator[Stack]:
+def running_stack(workdir: Path, edit: Any = None, **uvicorn_options: Any) -> Iterator[Stack]:
     """Origins + gateway on loopback; ``edit(config_dict)`` may change the config first."""
     workdir.mkdir(parents=True, exist_ok=True)
     keys = workdir / "keys"

@@ -767,7 +767,7 @@ def test_keyset_reports_every_bad_key(tmp_path: Path) -> None:
     )
     assert len(problems) == 9
     text = "\n".join(problems)
-    assert "keys[1]: has no \"kid\"" in text
+    assert 'keys[1]: has no "kid"' in text
     assert "keys[2] (kid 'good'): duplicate kid" in text
     assert "'ES384' does not match the key (expected 'ES256')" in text
     assert "key type 'oct' is not supported" in text
@@ -783,4 +783,3 @@ def test_keyset_equality(keys: Keys) -> None:
     document = json.loads(keys.jwks.read_text())
     document["keys"] = document["keys"][:2]
     assert KeySet(document) != KeySet.from_file(keys.jwks)
-

@@ -33,7 +33,9 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def raw_get(base: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def raw_get(
+    base: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     """A request with the path sent exactly as given (no client-side normalisation)."""
     parts = urlsplit(base)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
@@ -183,15 +185,29 @@ def test_a_spoofed_first_forwarded_hop_changes_nothing(stack: Stack) -> None:
     with stack.client() as client:
         response = client.get(BINARY, headers={**auth(stack.token()), "X-Forwarded-For": spoofed})
         honest = client.get(
-            BINARY, headers={**auth(stack.token()), "X-Forwarded-For": FIXTURE_NETWORKS["us_west"].ip}
+            BINARY,
+            headers={**auth(stack.token()), "X-Forwarded-For": FIXTURE_NETWORKS["us_west"].ip},
         )
     assert response.headers["x-gateway-region"] == honest.headers["x-gateway-region"] == "us-west"
 
 
-def test_rfc7239_forwarded_header_locates_the_device(stack: Stack) -> None:
+def test_only_the_configured_forwarding_header_is_read(stack: Stack, tmp_path: Path) -> None:
     forwarded = f'for="[{FIXTURE_NETWORKS["japan"].ip}]:4711";proto=https'
+    xff = FIXTURE_NETWORKS["us_west"].ip
     with stack.client() as client:
-        response = client.get(BINARY, headers={**auth(stack.token()), "Forwarded": forwarded})
+        # Default: X-Forwarded-For; a Forwarded header sent by the device is ignored.
+        response = client.get(
+            BINARY, headers={**auth(stack.token()), "Forwarded": forwarded, "X-Forwarded-For": xff}
+        )
+    assert response.headers["x-gateway-region"] == "us-west"
+
+    def edit(config: dict[str, Any]) -> None:
+        config["server"]["forwarded_header"] = "forwarded"
+
+    with running_stack(tmp_path, edit) as s, s.client() as client:
+        response = client.get(
+            BINARY, headers={**auth(s.token()), "Forwarded": forwarded, "X-Forwarded-For": xff}
+        )
     assert response.headers["x-gateway-region"] == "ap-northeast"
 
 
@@ -250,7 +266,10 @@ def test_no_allowed_healthy_region_is_503_never_outside_the_rule(stack: Stack) -
         with stack.client() as client:
             refused = client.get(BINARY, headers=auth(token))
             # A device under no rule still fails over to a healthy region.
-            other = client.get(BINARY, headers={**auth(stack.token()), "X-Forwarded-For": FIXTURE_NETWORKS["sweden"].ip})
+            other = client.get(
+                BINARY,
+                headers={**auth(stack.token()), "X-Forwarded-For": FIXTURE_NETWORKS["sweden"].ip},
+            )
     finally:
         runtime.healthy = saved
     assert refused.status_code == 503
@@ -363,10 +382,10 @@ def test_oversized_authorization_header_is_4xx(stack: Stack) -> None:
 
 
 def test_oversized_header_with_h11_is_4xx(tmp_path: Path) -> None:
-    with running_stack(tmp_path, http="h11", h11_max_incomplete_event_size=4 * 8192 + 1024) as s:
-        with s.client() as client:
-            response = client.get(BINARY, headers={"Authorization": "Bearer " + "a" * 65536})
-            ok = client.get(BINARY, headers=auth(s.token()))
+    options = {"http": "h11", "h11_max_incomplete_event_size": 4 * 8192 + 1024}
+    with running_stack(tmp_path, **options) as s, s.client() as client:
+        response = client.get(BINARY, headers={"Authorization": "Bearer " + "a" * 65536})
+        ok = client.get(BINARY, headers=auth(s.token()))
     assert 400 <= response.status_code < 500
     assert ok.status_code == 307
 
@@ -463,8 +482,13 @@ def test_request_metrics_count_by_route_and_code(stack: Stack) -> None:
     with stack.client() as client:
         for _ in range(3):
             assert client.get(BINARY, headers=auth(stack.token())).status_code == 307
-    assert stack.metric("gateway_requests_total", route="binaries", method="GET", code="307") == before + 3
-    assert stack.metric("gateway_request_duration_seconds_count", route="binaries") == count_before + 3
+    assert (
+        stack.metric("gateway_requests_total", route="binaries", method="GET", code="307")
+        == before + 3
+    )
+    assert (
+        stack.metric("gateway_request_duration_seconds_count", route="binaries") == count_before + 3
+    )
     assert stack.metric("gateway_signing_duration_seconds_count", backend="local") >= 1
 
 
@@ -496,10 +520,10 @@ def test_access_log_line_has_the_spec_keys_and_no_secrets(stack: Stack) -> None:
 def test_request_id_is_echoed_when_sane_and_replaced_when_not(stack: Stack) -> None:
     with stack.client() as client:
         sane = client.get(BINARY, headers={**auth(stack.token()), "X-Request-ID": "abc-123"})
-        insane = client.get(BINARY, headers={**auth(stack.token()), "X-Request-ID": "a b\"<script>"})
+        insane = client.get(BINARY, headers={**auth(stack.token()), "X-Request-ID": 'a b"<script>'})
         failed = client.get(BINARY, headers={"X-Request-ID": "err-1"})
     assert sane.headers["x-request-id"] == "abc-123"
-    assert insane.headers["x-request-id"] != "a b\"<script>"
+    assert insane.headers["x-request-id"] != 'a b"<script>'
     assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]+", insane.headers["x-request-id"])
     assert failed.status_code == 401 and failed.headers["x-request-id"] == "err-1"
 

@@ -440,3 +440,7 @@ def test_disabled_providers_are_ignored() -> None:
     assert location_from_headers(headers, frozenset({"cloudflare"})) == Location.from_country("DE")
     assert location_from_headers(headers, frozenset({"akamai"})) is None
     assert location_from_headers({}, BOTH) is None
+
+
+def test_repr_names_file_and_type(city: GeoIPLocator, city_db: Path) -> None:
+    assert repr(city) == f"GeoIPLocator({str(city_db)!r}, database_type='GeoLite2-City')"

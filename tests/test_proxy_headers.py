@@ -287,3 +287,18 @@ def test_forwarded_without_any_for_falls_back_to_x_forwarded_for() -> None:
 def test_results_are_canonical_text() -> None:
     assert fwd("10.0.0.1", 'for="[2001:0218:0000::0001]:80"') == "2001:218::1"
     assert xff("10.0.0.1", "2001:0DB8::0001") == "2001:db8::1"
+
+
+def test_forwarded_quoted_pair_escapes() -> None:
+    # RFC 9110 quoted-pair: an escaped quote does not end the string.
+    header = f'for={DEVICE};by="proxy \\"one\\", really", for=10.0.0.2'
+    assert fwd("10.0.0.1", header) == DEVICE
+    assert fwd("10.0.0.1", f'for="\\{DEVICE}"') == DEVICE
+
+
+def test_bare_ipv6_is_never_split_at_a_port() -> None:
+    assert xff("10.0.0.1", "2001:218::1:80") == "2001:218::1:80"
+
+
+def test_repr_names_the_networks() -> None:
+    assert repr(TrustedProxies(["10.0.0.0/8"])) == "TrustedProxies(['10.0.0.0/8'])"
