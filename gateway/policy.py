@@ -80,6 +80,11 @@ class GeoPolicy:
         self._rule_regions = {
             name: tuple(sorted(rule.regions, key=order.__getitem__)) for name, rule in rules.items()
         }
+        # Without a location the order never changes: compute it once per rule.
+        self._unlocated: dict[str | None, tuple[str, ...]] = {
+            rule: self._default_first(allowed)
+            for rule, allowed in [(None, self._all), *self._rule_regions.items()]
+        }
         self._by_country: dict[str, str] = {}
         self._by_continent: dict[str, str] = {}
         for name, rule in rules.items():
@@ -87,6 +92,11 @@ class GeoPolicy:
                 self._by_country.setdefault(country, name)
             for continent in rule.continents:
                 self._by_continent.setdefault(continent, name)
+
+    def _default_first(self, allowed: tuple[str, ...]) -> tuple[str, ...]:
+        if self._default in allowed:
+            return (self._default, *(r for r in allowed if r != self._default))
+        return allowed
 
     def rule_for(self, residency: str | None, location: Location | None) -> str | None:
         """The name of the rule that applies, or None when every region is allowed."""
@@ -112,17 +122,14 @@ class GeoPolicy:
     ) -> Decision:
         """The region for one download. Raises NoRegionAvailable or NotEntitled."""
         rule = self.rule_for(residency, location)
-        allowed = self._all if rule is None else self._rule_regions[rule]
-        if location is None or location.latitude is None or location.longitude is None:
-            if self._default in allowed:
-                ranked = (self._default, *(r for r in allowed if r != self._default))
-            else:
-                ranked = allowed
+        if location is None:
+            ranked = self._unlocated[rule]
             preferred = "default" if rule is None else "residency"
         else:
             lat, lon = location.latitude, location.longitude
             regions = self._regions
             # sorted() is stable, so equal distances keep file order.
+            allowed = self._all if rule is None else self._rule_regions[rule]
             ranked = tuple(
                 sorted(
                     allowed,

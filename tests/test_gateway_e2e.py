@@ -554,3 +554,36 @@ def test_readyz_is_503_while_draining(stack: Stack) -> None:
     assert ready.status_code == 503
     assert download.status_code == 503
     assert alive.status_code == 200
+
+
+SHARED_GEOIP = Path(__file__).resolve().parents[2] / "shared" / "geoip"
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("database", ["GeoLite2-City-Test.mmdb", "GeoLite2-Country-Test.mmdb"])
+def test_region_choice_with_maxminds_own_databases(tmp_path: Path, database: str) -> None:
+    path = SHARED_GEOIP / database
+    if not path.is_file():
+        pytest.skip(f"{path} is not available")
+
+    def edit(config: dict[str, Any]) -> None:
+        config["geo"]["database"] = str(path)
+
+    # City: the record's coordinates; Country: the country's centroid, which for
+    # the US lies in Kansas, nearer Virginia than Oregon. MaxMind's Country test
+    # database has no record for the Chinese network: no location, default region.
+    city = "City" in database
+    expected = {
+        "london": "eu-west",
+        "sweden": "eu-central",
+        "us_west": "us-west" if city else "us-east",
+        "japan": "ap-northeast",
+        "china": "ap-northeast" if city else "us-east",
+    }
+    with running_stack(tmp_path, edit) as s, s.client() as client:
+        for place, region in expected.items():
+            response = client.get(
+                BINARY, headers={**auth(s.token()), "X-Forwarded-For": FIXTURE_NETWORKS[place].ip}
+            )
+            assert response.status_code == 307, place
+            assert response.headers["x-gateway-region"] == region, place
