@@ -270,7 +270,7 @@ class GatewayApp:
         method: str = scope["method"]
         values: list[bytes | None] = [None] * 10
         head_bytes = 0
-        too_large = False
+        largest = 0
         wanted = _WANTED
         for name, value in scope["headers"]:
             slot = wanted.get(name)
@@ -278,8 +278,8 @@ class GatewayApp:
                 values[slot] = value
             size = len(value)
             head_bytes += size + len(name)
-            if size > 4096 and runtime is not None and size > runtime.max_header_bytes:
-                too_large = True
+            if size > largest:
+                largest = size
         raw_id = values[_REQUEST_ID_H]
         request_id = self._request_id(raw_id)
         outcome = _Outcome()
@@ -290,7 +290,7 @@ class GatewayApp:
         try:
             if runtime is None or self.draining:
                 raise Unavailable("the gateway is not ready")
-            if too_large or head_bytes > runtime.max_head_bytes:
+            if largest > runtime.max_header_bytes or head_bytes > runtime.max_head_bytes:
                 raise HeaderTooLarge(
                     f"a header field is larger than {runtime.max_header_bytes} bytes, or the "
                     f"request head larger than {runtime.max_head_bytes}"

@@ -587,3 +587,18 @@ def test_region_choice_with_maxminds_own_databases(tmp_path: Path, database: str
             )
             assert response.status_code == 307, place
             assert response.headers["x-gateway-region"] == region, place
+
+
+def test_max_header_bytes_is_configurable(tmp_path: Path) -> None:
+    def edit(config: dict[str, Any]) -> None:
+        config["limits"] = {"max_header_bytes": "1KiB"}
+
+    with running_stack(tmp_path, edit) as s, s.client() as client:
+        big = client.get(BINARY, headers={**auth(s.token()), "X-Padding": "p" * 1500})
+        many = client.get(
+            BINARY, headers={**auth(s.token()), **{f"X-Pad-{i}": "p" * 900 for i in range(5)}}
+        )
+        fine = client.get(BINARY, headers={**auth(s.token()), "X-Padding": "p" * 900})
+    assert big.status_code == 431
+    assert many.status_code == 431  # each field fits, the head (> 4 KiB) does not
+    assert fine.status_code == 307
