@@ -114,8 +114,6 @@ class Runtime:
                 self.locator = GeoIPLocator(settings.geo.database, settings.geo.cache_size)
             except ConfigError as exc:
                 problems.extend(exc.problems)
-        if problems:
-            raise ConfigError(problems)
         self.access = AccessPolicy([rule.prefix for rule in settings.access])
         self.trusted = TrustedProxies(list(settings.server.trusted_proxies))
         self.geo_headers = frozenset(settings.server.geo_headers)
@@ -130,9 +128,14 @@ class Runtime:
             },
             settings.default_region,
         )
-        self.signers: dict[str, Signer] = {
-            name: build_signer(region.backend) for name, region in settings.regions.items()
-        }
+        self.signers: dict[str, Signer] = {}
+        for name, region in settings.regions.items():
+            try:
+                self.signers[name] = build_signer(region.backend, f"regions.{name}.backend")
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        if problems:
+            raise ConfigError(problems)
         self.backend_kind = {name: signer.kind for name, signer in self.signers.items()}
         signing = settings.signing
         self.urls = SignedURLCache(

@@ -105,14 +105,14 @@ def cmd_origin(args: argparse.Namespace) -> None:
     from gateway.origin import create_origin_app
 
     try:
-        secret = resolve_secret(args.secret).get_secret_value().encode()
+        secrets = [resolve_secret(s).get_secret_value().encode() for s in args.secret]
     except ValueError as exc:
         _fail([f"--secret: {exc}"])
     root = Path(args.root)
     if not root.is_dir():
         _fail([f"--root: {root} is not a directory"])
     uvicorn.run(
-        create_origin_app(root.resolve(), secret),
+        create_origin_app(root.resolve(), secrets),
         host=args.host,
         port=args.port,
         access_log=False,
@@ -211,7 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("origin", help="the built-in origin for the local backend")
     p.add_argument("--root", required=True, metavar="DIR")
-    p.add_argument("--secret", required=True, help="env:NAME, file:PATH or a literal")
+    p.add_argument(
+        "--secret",
+        required=True,
+        action="append",
+        help="env:NAME, file:PATH or a literal; repeat to accept several during a rotation",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9000)
     p.set_defaults(func=cmd_origin)

@@ -45,6 +45,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import formatdate, parsedate_to_datetime
@@ -123,15 +124,19 @@ class _Representation:
         return formatdate(self.mtime, usegmt=True)
 
 
-def create_origin_app(root: Path, secret: bytes) -> ASGIApp:
+def create_origin_app(root: Path, secret: bytes | Sequence[bytes]) -> ASGIApp:
     """The origin as a pure ASGI application serving files under ``root``.
 
     ``secret`` is the same bytes the gateway's ``local`` backend signs with
-    (:class:`gateway.signers.local.LocalSigner`). ``root`` must be an existing
+    (:class:`gateway.signers.local.LocalSigner`); during a rotation, give every
+    secret still in use and a URL signed by any of them is accepted. ``root`` must be an existing
     directory; it is resolved once, here, so later symlink checks compare
     against its real path. Raises :class:`ValueError` when it is not a
     directory.
     """
+    secrets = (secret,) if isinstance(secret, bytes) else tuple(secret)
+    if not secrets:
+        raise ValueError("the origin needs at least one secret")
     real_root = os.path.realpath(root)
     if not os.path.isdir(real_root):
         raise ValueError(f"origin root {str(root)!r} is not a directory")
@@ -139,7 +144,7 @@ def create_origin_app(root: Path, secret: bytes) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await _handle_http(scope, receive, send, real_root, secret)
+            await _handle_http(scope, receive, send, real_root, secrets)
         elif kind == "lifespan":
             await _handle_lifespan(receive, send)
         elif kind == "websocket":
@@ -164,14 +169,14 @@ async def _handle_lifespan(receive: Receive, send: Send) -> None:
 
 
 async def _handle_http(
-    scope: Scope, receive: Receive, send: Send, root: str, secret: bytes
+    scope: Scope, receive: Receive, send: Send, root: str, secrets: tuple[bytes, ...]
 ) -> None:
     head_only = scope["method"] == "HEAD"
     try:
         if scope["method"] not in ("GET", "HEAD"):
             raise MethodNotAllowed(_ALLOW)
         path = _request_path(scope)
-        _check_signature(secret, path, scope.get("query_string", b""))
+        _check_signature(secrets, path, scope.get("query_string", b""))
         segments = _file_segments(path)
         file, st = await anyio.to_thread.run_sync(_open_under_root, root, segments)
     except GatewayError as exc:
@@ -203,7 +208,7 @@ def _request_path(scope: Scope) -> str:
         raise SignatureRejected("the request path is not ASCII") from None
 
 
-def _check_signature(secret: bytes, path: str, query_string: bytes) -> None:
+def _check_signature(secrets: tuple[bytes, ...], path: str, query_string: bytes) -> None:
     """Raise :class:`SignatureRejected` unless ``expires``/``sig`` sign ``path``."""
     params: dict[str, list[str]] = {}
     for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
@@ -221,7 +226,9 @@ def _check_signature(secret: bytes, path: str, query_string: bytes) -> None:
     expires = int(expires_text)
     # The MAC first, then the clock: both answers are the same 403, but a
     # forged URL should never be told it is merely stale.
-    if not verify_local_signature(secret, path, expires, sig):
+    # Every secret is tried (no early exit), so timing does not tell which matched.
+    matches = [verify_local_signature(secret, path, expires, sig) for secret in secrets]
+    if not any(matches):
         raise SignatureRejected("the signature does not match this path")
     if expires < int(time.time()):
         raise SignatureRejected("the signed URL has expired")

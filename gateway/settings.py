@@ -25,6 +25,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -100,6 +101,8 @@ def _parse_rate(value: object) -> float:
 
 def resolve_secret(value: object) -> SecretStr:
     """A secret from ``env:NAME``, ``file:/path`` or a literal; ValueError when unusable."""
+    if isinstance(value, SecretStr):
+        return value
     if not isinstance(value, str) or not value:
         raise ValueError("expected a secret: env:NAME, file:/path or a literal")
     if value.startswith("env:"):
@@ -228,15 +231,166 @@ class GeoSettings(Model):
     cache_size: int = Field(65_536, ge=1)
 
 
-class LocalBackend(Model):
+def _instant(value: object) -> int:
+    """Unix seconds from an RFC 3339 timestamp (YAML may already have parsed it) or a number."""
+    if isinstance(value, bool):
+        raise ValueError("expected an RFC 3339 time such as 2026-12-01T00:00:00Z")
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError("expected an RFC 3339 time such as 2026-12-01T00:00:00Z") from None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("give the time zone, e.g. 2026-12-01T00:00:00Z")
+        return int(value.timestamp())
+    raise ValueError("expected an RFC 3339 time such as 2026-12-01T00:00:00Z")
+
+
+Instant = Annotated[int, BeforeValidator(_instant)]
+URL = Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")]
+KeyId = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+
+
+class SecretVersion(Model):
+    """One of several rotating secrets: the newest whose ``not_before`` has come signs."""
+
+    id: KeyId | None = None
+    secret: Secret
+    not_before: Instant | None = None
+
+
+class _SharedSecretBackend(Model):
+    url: URL
+    secret: Secret | None = None
+    secrets: tuple[SecretVersion, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_way(self) -> _SharedSecretBackend:
+        if (self.secret is None) == (not self.secrets):
+            raise ValueError("give either secret or secrets (a list for rotation), not both")
+        return self
+
+    def secret_versions(self) -> tuple[SecretVersion, ...]:
+        """The configured secrets as a list, whichever way they were given."""
+        if self.secret is not None:
+            return (SecretVersion(secret=self.secret),)
+        return self.secrets
+
+
+class LocalBackend(_SharedSecretBackend):
     """The built-in origin (``gateway origin``)."""
 
     type: Literal["local"]
-    url: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")]
-    secret: Secret
 
 
-BackendSettings = Annotated[LocalBackend, Field(discriminator="type")]
+class NginxBackend(_SharedSecretBackend):
+    """nginx with ``secure_link`` (``deploy/nginx/``)."""
+
+    type: Literal["nginx"]
+
+
+class S3Credentials(Model):
+    """One way to get AWS credentials; none at all means botocore's default chain."""
+
+    access_key_id: Secret | None = None
+    secret_access_key: Secret | None = None
+    session_token: Secret | None = None
+    profile: str | None = None
+    role_arn: Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")] | None = None
+    external_id: str | None = None
+    session_name: Annotated[str, Field(pattern=r"^[\w+=,.@-]{2,64}$")] = "gateway"
+    duration: Duration = 3600.0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> S3Credentials:
+        static = self.access_key_id is not None or self.secret_access_key is not None
+        if static and (self.access_key_id is None or self.secret_access_key is None):
+            raise ValueError("give both access_key_id and secret_access_key")
+        if self.session_token is not None and not static:
+            raise ValueError("session_token goes with access_key_id and secret_access_key")
+        if self.external_id is not None and self.role_arn is None:
+            raise ValueError("external_id needs role_arn")
+        if static and self.profile is not None:
+            raise ValueError("give static keys or a profile, not both")
+        if not 900 <= self.duration <= 43200:
+            raise ValueError("duration must be between 15m and 12h (STS AssumeRole limits)")
+        return self
+
+
+class S3Backend(Model):
+    type: Literal["s3"]
+    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
+    region: Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")]
+    endpoint: URL | None = None
+    addressing: Literal["virtual", "path"] = "virtual"
+    credentials: S3Credentials = S3Credentials()
+
+
+class CloudFrontKey(Model):
+    key_pair_id: Annotated[str, Field(pattern=r"^[A-Z0-9]{8,32}$")]
+    private_key: FilePath
+    not_before: Instant | None = None
+
+
+class CloudFrontBackend(Model):
+    type: Literal["cloudfront"]
+    domain: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+(:\d+)?$")]
+    scheme: Literal["https", "http"] = "https"
+    key_pair_id: Annotated[str, Field(pattern=r"^[A-Z0-9]{8,32}$")] | None = None
+    private_key: FilePath | None = None
+    keys: tuple[CloudFrontKey, ...] = ()
+    hash_algorithm: Literal["sha1", "sha256"] = "sha1"
+    policy: Literal["canned", "custom"] = "canned"
+    # Custom policy only: the URL is valid from signing time minus this
+    # (DateGreaterThan), for the IP range given (AWS:SourceIp), and for the
+    # object alone or every object under its directory (Resource wildcard).
+    start_skew: Duration | None = None
+    source_ip: Network | None = None
+    resource: Literal["object", "directory"] = "object"
+
+    @model_validator(mode="after")
+    def _coherent(self) -> CloudFrontBackend:
+        single = self.key_pair_id is not None or self.private_key is not None
+        if single and (self.key_pair_id is None or self.private_key is None):
+            raise ValueError("give both key_pair_id and private_key")
+        if single == bool(self.keys):
+            raise ValueError("give either key_pair_id + private_key or keys (for rotation)")
+        custom_only = self.start_skew is not None or self.source_ip is not None
+        if self.policy == "canned" and (custom_only or self.resource != "object"):
+            raise ValueError("start_skew, source_ip and resource need policy: custom")
+        return self
+
+    def key_versions(self) -> tuple[CloudFrontKey, ...]:
+        if self.key_pair_id is not None and self.private_key is not None:
+            return (CloudFrontKey(key_pair_id=self.key_pair_id, private_key=self.private_key),)
+        return self.keys
+
+
+class AzureBackend(Model):
+    type: Literal["azure"]
+    account: Annotated[str, Field(pattern=r"^[a-z0-9]{3,24}$")]
+    container: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9]|-[a-z0-9]){1,61}[a-z0-9]?$")]
+    account_key: Secret
+    endpoint: URL | None = None
+    # The SAS start time is backdated by this, for devices and storage whose
+    # clocks run behind.
+    start_skew: Duration = 300.0
+
+
+class GCSBackend(Model):
+    type: Literal["gcs"]
+    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")]
+    service_account: FilePath
+    endpoint: URL = "https://storage.googleapis.com"
+
+
+BackendSettings = Annotated[
+    LocalBackend | NginxBackend | S3Backend | CloudFrontBackend | AzureBackend | GCSBackend,
+    Field(discriminator="type"),
+]
 
 
 def _location(value: object) -> tuple[float, float]:
@@ -417,7 +571,7 @@ def _reference_problems(data: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-_TAGS = {"local"}
+_TAGS = {"local", "nginx", "s3", "cloudfront", "azure", "gcs"}
 _MESSAGES = {
     "missing": "required",
     "extra_forbidden": "unknown key",

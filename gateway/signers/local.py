@@ -17,10 +17,10 @@ import hmac
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from gateway.signers import SignedURL
+from gateway.signers import KeyRing, SignedURL
 
 if TYPE_CHECKING:
-    from gateway.settings import BackendSettings
+    from gateway.settings import LocalBackend
 
 
 def local_signature(secret: bytes, path: str, expires: int) -> str:
@@ -34,27 +34,40 @@ def verify_local_signature(secret: bytes, path: str, expires: int, sig: str) -> 
     return hmac.compare_digest(local_signature(secret, path, expires), sig)
 
 
+def create(settings: LocalBackend, field: str) -> LocalSigner:
+    """The signer for a ``local`` backend's settings."""
+    return LocalSigner(
+        settings.url,
+        KeyRing(
+            [
+                (v.not_before, v.secret.get_secret_value().encode())
+                for v in settings.secret_versions()
+            ]
+        ),
+    )
+
+
 class LocalSigner:
-    """Signs URLs for one built-in origin."""
+    """Signs URLs for one built-in origin.
+
+    With several secrets (rotation), the newest active at ``signed_at`` signs;
+    the origin is started with every secret still in use (``--secret`` repeated)
+    and accepts a URL signed by any of them.
+    """
 
     kind = "local"
 
-    def __init__(self, url: str, secret: bytes) -> None:
+    def __init__(self, url: str, secret: bytes | KeyRing[bytes]) -> None:
         parts = urlsplit(url)
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._prefix = parts.path.rstrip("/")
-        self._secret = secret
-
-    @classmethod
-    def from_settings(cls, settings: BackendSettings) -> LocalSigner:
-        assert settings.url is not None and settings.secret is not None
-        return cls(settings.url, settings.secret.get_secret_value().encode())
+        self._secrets = secret if isinstance(secret, KeyRing) else KeyRing([(None, secret)])
 
     async def sign(self, key: str, signed_at: int, expires_at: int) -> SignedURL:
         # Object keys are validated to URL-safe characters (SPEC §3), so the key
         # is already its own path encoding.
         path = f"{self._prefix}/{key}"
-        sig = local_signature(self._secret, path, expires_at)
+        sig = local_signature(self._secrets.active(signed_at), path, expires_at)
         return SignedURL(f"{self._origin}{path}?expires={expires_at}&sig={sig}", expires_at)
 
     async def aclose(self) -> None:
