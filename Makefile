@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test test-servers lint typecheck bench clean
 
 $(BIN)/gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,19 @@ demo: $(BIN)/gateway
 	$(BIN)/gateway demo --port $(PORT)
 
 test: $(VENV)/.test-deps
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory test-servers; \
+	else echo "npm not found: the s3rver and Azurite tests will be skipped"; fi
 	$(BIN)/ruff check gateway tests loadtests
 	$(BIN)/ruff format --check gateway tests loadtests
 	$(BIN)/mypy
 	$(BIN)/pytest -p no:cacheprovider --cov=gateway --cov-branch --cov-report=term:skip-covered
+
+# The real storage servers the tests run (npm packages, pinned in package.json).
+test-servers: tests/servers/node_modules/.installed
+
+tests/servers/node_modules/.installed: tests/servers/package.json tests/servers/package-lock.json
+	cd tests/servers && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check gateway tests loadtests

@@ -207,3 +207,59 @@ def running_stack(workdir: Path, edit: Any = None, **uvicorn_options: Any) -> It
             secrets=secrets,
             private_keys={"ed1": keys / "ed1.pem", "es1": keys / "es1.pem"},
         )
+
+
+@dataclass
+class Gateway:
+    """A gateway on loopback in front of whatever backends a test configured."""
+
+    base: str
+    app: GatewayApp
+    workdir: Path
+    log: ListStream
+    private_key: Path
+
+    def token(self, sub: str = "device-0001", claims: dict[str, Any] | None = None) -> str:
+        return issue_token(
+            self.private_key,
+            "ed1",
+            sub,
+            ttl=3600,
+            audience=AUDIENCE,
+            issuer=ISSUER,
+            claims={"product": "acme-x1"} if claims is None else claims,
+        )
+
+    def get(self, key: str, **headers: str) -> httpx.Response:
+        """GET /v1/binaries/{key} with a valid device token (product acme-x1)."""
+        return httpx.get(
+            f"{self.base}/v1/binaries/{key}",
+            headers={"Authorization": f"Bearer {self.token()}", **headers},
+            timeout=10,
+        )
+
+
+@contextlib.contextmanager
+def running_gateway(
+    workdir: Path, regions: dict[str, dict[str, Any]], **sections: Any
+) -> Iterator[Gateway]:
+    """The gateway alone, with ``regions`` as given (``{name: {location, backend}}``).
+
+    ``sections`` replace or add top-level config sections (``signing={...}``).
+    Devices get tokens with ``product: acme-x1``; access is ``firmware/{product}/``.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    keys = workdir / "keys"
+    if not (keys / "ed1.pem").exists():
+        generate_key("EdDSA", keys, "ed1")
+    config: dict[str, Any] = {
+        "auth": {"jwks": str(keys / "jwks.json"), "issuer": ISSUER, "audience": AUDIENCE},
+        "access": [{"prefix": "firmware/{product}/"}],
+        "regions": regions,
+        **sections,
+    }
+    settings = parse_settings(config)
+    log = ListStream()
+    app = create_app(settings, registry=CollectorRegistry(), access_log=AccessLog(log))  # type: ignore[arg-type]
+    with serve(app, proxy_headers=False) as base:
+        yield Gateway(base=base, app=app, workdir=workdir, log=log, private_key=keys / "ed1.pem")

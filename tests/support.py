@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 import uvicorn
 
 
@@ -38,3 +43,45 @@ def serve(app: Any, **uvicorn_options: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+SERVERS_BIN = Path(__file__).resolve().parent / "servers" / "node_modules" / ".bin"
+
+
+def require_program(name: str) -> str:
+    """The path of a server program the test needs: ``nginx``, or an npm one
+    (``s3rver``, ``azurite-blob``) from ``tests/servers/node_modules``.
+
+    Missing: the test is skipped, unless ``GATEWAY_REQUIRE_SERVERS=1`` (CI), where
+    it fails, so CI can never pass by skipping the real checks.
+    """
+    local = SERVERS_BIN / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if found is None:
+        for directory in ("/usr/sbin", "/usr/local/sbin"):
+            candidate = Path(directory) / name
+            if candidate.exists():
+                found = str(candidate)
+                break
+    if found is None:
+        message = f"{name} is not installed (make test-servers)"
+        if os.environ.get("GATEWAY_REQUIRE_SERVERS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def wait_for_port(
+    port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait until something accepts connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server for port {port} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
