@@ -490,6 +490,17 @@ class Settings(Model):
     health: HealthSettings = HealthSettings()
     limits: LimitsSettings = LimitsSettings()
 
+    @model_validator(mode="after")
+    def _url_lifetime(self) -> Settings:
+        # S3 SigV4 and GCS V4 presigned URLs live at most 7 days (X-Amz-Expires /
+        # X-Goog-Expires <= 604800): a longer ttl would produce URLs the store refuses.
+        capped = [n for n, r in self.regions.items() if r.backend.type in ("s3", "gcs")]
+        if capped and self.signing.ttl_seconds > MAX_PRESIGNED_SECONDS:
+            raise ValueError(
+                f"signing.ttl: at most 7d for s3 and gcs backends (regions {', '.join(capped)})"
+            )
+        return self
+
     @property
     def default_region(self) -> str:
         """``geo.default_region``, or the first region in the file."""
@@ -500,6 +511,7 @@ class Settings(Model):
 
 
 CONFIG_ENV = "GATEWAY_CONFIG"
+MAX_PRESIGNED_SECONDS = 7 * 86400
 
 
 def config_path_from_environment() -> str:
@@ -584,7 +596,7 @@ def _format(exc: ValidationError) -> list[str]:
     for error in exc.errors(include_url=False, include_input=False):
         loc = [str(part) for part in error["loc"]]
         # The backend union puts its tag in the path (regions.X.backend.local.url): drop it.
-        if len(loc) >= 5 and loc[0] == "regions" and loc[2] == "backend" and loc[3] in _TAGS:
+        if len(loc) >= 4 and loc[0] == "regions" and loc[2] == "backend" and loc[3] in _TAGS:
             del loc[3]
         path = ".".join(loc)
         kind = error["type"]

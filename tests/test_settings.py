@@ -734,3 +734,94 @@ def test_serve_with_an_invalid_config_exits_2_without_starting(invalid_config: P
     assert set(result.stderr.splitlines()) == INVALID_LINES
     assert len(result.stderr.splitlines()) == len(INVALID_LINES)
     assert "Uvicorn running" not in result.stderr + result.stdout
+
+
+# --------------------------------------------------------------------------- backends
+
+
+def _with_backend(backend: dict[str, Any], **signing: Any) -> dict[str, Any]:
+    data = minimal()
+    data["regions"] = {"eu": {"location": [50.1, 8.7], "backend": backend}}
+    if signing:
+        data["signing"] = signing
+    return data
+
+
+S3 = {"type": "s3", "bucket": "fw-eu", "region": "eu-central-1"}
+
+
+def test_presigned_urls_are_capped_at_seven_days() -> None:
+    assert parse_settings(_with_backend(S3, ttl="7d", min_remaining="60s"))
+    assert problems_of(_with_backend(S3, ttl="8d")) == [
+        "signing.ttl: at most 7d for s3 and gcs backends (regions eu)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("backend", "problem"),
+    [
+        ({**S3, "bucket": "Not_A_Bucket"}, "regions.eu.backend.bucket: "),
+        ({**S3, "credentials": {"access_key_id": "AKIA"}}, "regions.eu.backend.credentials: "),
+        (
+            {**S3, "credentials": {"external_id": "org-1"}},
+            "regions.eu.backend.credentials: external_id needs role_arn",
+        ),
+        ({**S3, "addressing": "sideways"}, "regions.eu.backend.addressing: "),
+        (
+            {"type": "cloudfront", "domain": "d1.cloudfront.net", "key_pair_id": "K2JCJMDEHXQW5F"},
+            "regions.eu.backend: give both key_pair_id and private_key",
+        ),
+        (
+            {
+                "type": "cloudfront",
+                "domain": "d1.cloudfront.net",
+                "key_pair_id": "K2JCJMDEHXQW5F",
+                "private_key": "/k.pem",
+                "source_ip": "10.0.0.0/8",
+            },
+            "regions.eu.backend: start_skew, source_ip and resource need policy: custom",
+        ),
+        (
+            {"type": "nginx", "url": "http://127.0.0.1:1", "secret": "a", "secrets": []},
+            None,
+        ),
+        (
+            {"type": "nginx", "url": "http://127.0.0.1:1"},
+            "regions.eu.backend: give either secret or secrets",
+        ),
+        (
+            {"type": "azure", "account": "devstoreaccount1", "container": "fw"},
+            "regions.eu.backend.account_key: required",
+        ),
+        ({"type": "gcs", "bucket": "fw"}, "regions.eu.backend.service_account: required"),
+        ({"type": "ftp"}, "regions.eu.backend: unknown backend type"),
+    ],
+)
+def test_backend_settings_problems_name_the_field(
+    backend: dict[str, Any], problem: str | None
+) -> None:
+    data = _with_backend(backend)
+    if problem is None:
+        assert parse_settings(data).regions["eu"].backend.type == backend["type"]
+        return
+    problems = problems_of(data)
+    assert any(p.startswith(problem) for p in problems), problems
+
+
+def test_rotation_not_before_takes_rfc3339() -> None:
+    backend = {
+        "type": "local",
+        "url": "http://127.0.0.1:1",
+        "secrets": [
+            {"secret": "old"},
+            {"secret": "new", "not_before": "2026-12-01T00:00:00Z"},
+        ],
+    }
+    settings = parse_settings(_with_backend(backend))
+    versions = settings.regions["eu"].backend.secret_versions()  # type: ignore[union-attr]
+    assert [v.not_before for v in versions] == [None, 1_796_083_200]
+    bad = {**backend, "secrets": [{"secret": "x", "not_before": "next tuesday"}]}
+    assert problems_of(_with_backend(bad)) == [
+        "regions.eu.backend.secrets.0.not_before: expected an RFC 3339 time such as "
+        "2026-12-01T00:00:00Z"
+    ]
