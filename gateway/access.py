@@ -68,8 +68,11 @@ class AccessPolicy:
 
     def prefixes(self, claims: Mapping[str, Any]) -> list[str]:
         """The prefixes these claims allow; a template whose claim is missing gives none."""
-        out: list[str] = []
-        for parts in self._templates:
+        return [prefix for _, prefix in self._filled(claims)]
+
+    def _filled(self, claims: Mapping[str, Any]) -> list[tuple[int, str]]:
+        out: list[tuple[int, str]] = []
+        for index, parts in enumerate(self._templates):
             text: list[str] = []
             for is_claim, value in parts:
                 if not is_claim:
@@ -83,12 +86,12 @@ class AccessPolicy:
                     break
                 text.append(claim)
             else:
-                out.append("".join(text))
+                out.append((index, "".join(text)))
         return out
 
-    def check(self, claims: Mapping[str, Any], key: str) -> None:
-        """Raise :class:`NotEntitled` unless ``key`` is under one of the allowed prefixes."""
-        for prefix in self.prefixes(claims):
+    def check(self, claims: Mapping[str, Any], key: str) -> int:
+        """The index of the first rule whose prefix holds ``key``; :class:`NotEntitled` if none."""
+        for index, prefix in self._filled(claims):
             if key.startswith(prefix):
-                return
+                return index
         raise NotEntitled("this device is not entitled to this object")

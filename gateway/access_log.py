@@ -21,6 +21,12 @@ def _str(value: str | None) -> str:
     return "null" if value is None else str(encode_basestring_ascii(value))
 
 
+def _regions(regions: list[str] | None) -> str:
+    if regions is None:
+        return "null"
+    return "[" + ",".join(_str(r) for r in regions) + "]"
+
+
 class AccessLog:
     """Collects access-log lines and writes them to ``stream``."""
 
@@ -55,6 +61,7 @@ class AccessLog:
         duration_s: float,
         client: str | None,
         user_agent: str | None,
+        regions: list[str] | None = None,
     ) -> None:
         # Built by hand with the json module's own C string encoder: the same
         # bytes json.dumps would give for these types, at a third of the cost.
@@ -64,7 +71,7 @@ class AccessLog:
             f'"backend":{_str(backend)},"reason":{_str(reason)},"method":{_str(method)},'
             f'"status":{int(status)},"bytes":{int(bytes_sent)},"range":{_str(range_header)},'
             f'"duration_s":{round(duration_s, 6)!r},"client":{_str(client)},'
-            f'"user_agent":{_str(user_agent)}}}'
+            f'"user_agent":{_str(user_agent)},"regions":{_regions(regions)}}}'
         )
         self._pending.append(line)
         self._size += len(line) + 1

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.access import AccessPolicy, object_key
@@ -48,7 +49,8 @@ from gateway.openapi import OPENAPI_JSON
 from gateway.policy import GeoPolicy, Region, Rule
 from gateway.proxy_headers import TrustedProxies, client_address
 from gateway.settings import Settings
-from gateway.signers import Signer, build_signer
+from gateway.signers import SignedURL, Signer, build_signer
+from gateway.stream import StreamAborted, Streamer, StreamResult, single_range, upstream_client
 from gateway.url_cache import SignedURLCache
 
 Scope = MutableMapping[str, Any]
@@ -65,6 +67,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@+=/-]{1,128}")
 # The request headers the pipeline reads, collected in one pass (slot numbers).
 _AUTHORIZATION, _XFF, _FORWARDED, _REQUEST_ID_H, _USER_AGENT, _RANGE = range(6)
 _CF_LAT, _CF_LON, _CF_COUNTRY, _CFL_COUNTRY = range(6, 10)
+_IF_RANGE, _IF_NONE_MATCH, _IF_MODIFIED_SINCE = range(10, 13)
 _WANTED = {
     b"authorization": _AUTHORIZATION,
     b"x-forwarded-for": _XFF,
@@ -76,6 +79,9 @@ _WANTED = {
     b"cloudfront-viewer-longitude": _CF_LON,
     b"cloudfront-viewer-country": _CF_COUNTRY,
     b"cf-ipcountry": _CFL_COUNTRY,
+    b"if-range": _IF_RANGE,
+    b"if-none-match": _IF_NONE_MATCH,
+    b"if-modified-since": _IF_MODIFIED_SINCE,
 }
 _GEO_SLOTS = (
     ("cloudfront-viewer-latitude", _CF_LAT),
@@ -115,6 +121,10 @@ class Runtime:
             except ConfigError as exc:
                 problems.extend(exc.problems)
         self.access = AccessPolicy([rule.prefix for rule in settings.access])
+        # Per access rule: stream (True) or redirect (False) for keys it allows.
+        self.stream_rules = [
+            (rule.delivery or settings.delivery.mode) == "stream" for rule in settings.access
+        ]
         self.trusted = TrustedProxies(list(settings.server.trusted_proxies))
         self.geo_headers = frozenset(settings.server.geo_headers)
         self.forwarded_slot = (
@@ -184,6 +194,8 @@ class _Outcome:
     backend: str | None = None
     reason: str | None = None
     sent: int = 0
+    started: bool = False  # a streamed response has sent its head
+    regions: list[str] | None = None  # every region a streamed download used
 
 
 class GatewayApp:
@@ -209,6 +221,8 @@ class GatewayApp:
         self._id_prefix = os.urandom(4).hex()
         self._id_counter = itertools.count(1)
         self._flusher: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+        self.streamer: Streamer | None = None
 
     # ------------------------------------------------------------------ lifespan
 
@@ -216,6 +230,20 @@ class GatewayApp:
         """Build the runtime and start background work (idempotent)."""
         if self.runtime is None:
             self.runtime = Runtime(self.settings, self.metrics, self.clock)
+        if self.streamer is None:
+            upstream = self.settings.delivery.upstream
+            self._client = upstream_client(
+                connect_timeout=upstream.connect_timeout,
+                read_timeout=upstream.read_timeout,
+                pool_size=upstream.pool_size,
+            )
+            self.streamer = Streamer(
+                self._client,
+                retry_budget=upstream.retry_budget,
+                on_upstream=self.metrics.upstream,
+                on_bytes=self.metrics.streamed,
+                on_failure=self.metrics.failover,
+            )
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_forever())
 
@@ -226,6 +254,10 @@ class GatewayApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+            self.streamer = None
         if self.runtime is not None:
             await self.runtime.aclose()
         self.access_log.flush()
@@ -260,18 +292,20 @@ class GatewayApp:
             return
         path: str = scope["path"]
         if path.startswith(BINARIES):
-            await self._decide(scope, send, "binaries", len(BINARIES))
+            await self._decide(scope, receive, send, "binaries", len(BINARIES))
         elif path.startswith(URLS):
-            await self._decide(scope, send, "urls", len(URLS))
+            await self._decide(scope, receive, send, "urls", len(URLS))
         else:
             await self._operational(scope, send, path)
 
-    async def _decide(self, scope: Scope, send: Send, route: str, skip: int) -> None:
+    async def _decide(
+        self, scope: Scope, receive: Receive, send: Send, route: str, skip: int
+    ) -> None:
         """A download or URL request: the whole pipeline."""
         start = time.perf_counter()
         runtime = self.runtime
         method: str = scope["method"]
-        values: list[bytes | None] = [None] * 10
+        values: list[bytes | None] = [None] * 13
         head_bytes = 0
         largest = 0
         wanted = _WANTED
@@ -309,7 +343,7 @@ class GatewayApp:
                 bearer_token(auth.decode("latin-1") if auth is not None else None)
             )
             outcome.sub = device.sub
-            runtime.access.check(device.claims, key)
+            rule = runtime.access.check(device.claims, key)
             address = self._locate_address(runtime, peer, values)
             location, from_header = self._locate(runtime, peer, address, values)
             residency = device.claims.get("residency")
@@ -326,6 +360,12 @@ class GatewayApp:
             outcome.reason = decision.reason
             outcome.backend = runtime.backend_kind[region]
             self.metrics.decision(region, decision.reason)
+            if route == "binaries" and runtime.stream_rules[rule]:
+                await self._stream(
+                    runtime, [region, *decision.fallbacks], key, method, values,
+                    request_id, receive, send, outcome,
+                )  # fmt: skip
+                return
             signed, hit = await runtime.urls.get(region, runtime.signers[region], key)
             (self.metrics.cache_hit if hit else self.metrics.cache_miss).inc()
             common = [
@@ -372,19 +412,25 @@ class GatewayApp:
                     }
                 )
                 await send({"type": "http.response.body", "body": body})
+        except StreamAborted:
+            pass  # the response had started: the connection is closed, not ended
         except GatewayError as exc:
             if isinstance(exc, InvalidToken):
                 self.metrics.auth_failure(exc.reason)
-            outcome.sent = await self._problem(send, exc, request_id, outcome.region, method)
-            outcome.status = exc.status
+            if outcome.started:
+                log.warning("stream %s failed after the response started: %s", request_id, exc)
+            else:
+                outcome.sent = await self._problem(send, exc, request_id, outcome.region, method)
+                outcome.status = exc.status
         except Exception:
             # Never a stack trace to the client; the log gets the type, not the
             # message, which could carry request data.
             log.exception("unexpected error (request %s)", request_id)
-            outcome.status = 500
-            outcome.sent = await self._problem(
-                send, GatewayError("unexpected error"), request_id, None, method
-            )
+            if not outcome.started:
+                outcome.status = 500
+                outcome.sent = await self._problem(
+                    send, GatewayError("unexpected error"), request_id, None, method
+                )
         finally:
             self.inflight -= 1
             elapsed = time.perf_counter() - start
@@ -406,7 +452,69 @@ class GatewayApp:
                 duration_s=elapsed,
                 client=address,
                 user_agent=ua.decode("latin-1")[:300] if ua is not None else None,
+                regions=outcome.regions,
             )
+
+    async def _stream(
+        self,
+        runtime: Runtime,
+        regions: list[str],
+        key: str,
+        method: str,
+        values: list[bytes | None],
+        request_id: str,
+        receive: Receive,
+        send: Send,
+        outcome: _Outcome,
+    ) -> None:
+        """Stream mode: fetch from the storage and pass the bytes on (gateway.stream)."""
+        streamer = self.streamer
+        if streamer is None:
+            raise Unavailable("the gateway is not ready")
+
+        async def sign(region: str) -> SignedURL:
+            signed, hit = await runtime.urls.get(region, runtime.signers[region], key)
+            (self.metrics.cache_hit if hit else self.metrics.cache_miss).inc()
+            return signed
+
+        headers: dict[str, str] = {}
+        asked = values[_RANGE]
+        forwarded = single_range(asked.decode("latin-1") if asked is not None else None)
+        if forwarded is not None:
+            headers["range"] = forwarded
+            if (if_range := values[_IF_RANGE]) is not None and len(if_range) <= 256:
+                headers["if-range"] = if_range.decode("latin-1")
+        for slot, name in (
+            (_IF_NONE_MATCH, "if-none-match"),
+            (_IF_MODIFIED_SINCE, "if-modified-since"),
+        ):
+            value = values[slot]
+            if value is not None and len(value) <= 1024:
+                headers[name] = value.decode("latin-1")
+        result = StreamResult()
+        outcome.regions = result.regions
+        self.metrics.active_streams.inc()
+        try:
+            await streamer.stream(
+                method=method,
+                regions=regions,
+                sign=sign,
+                request_headers=headers,
+                extra_headers=[
+                    (b"cache-control", b"private"),
+                    (b"x-request-id", request_id.encode()),
+                ],
+                send=send,
+                receive=receive,
+                result=result,
+            )
+        finally:
+            self.metrics.active_streams.dec()
+            outcome.started = result.status != 0
+            outcome.status = result.status or outcome.status
+            outcome.sent = result.sent
+            if result.regions:
+                outcome.region = result.regions[0]
 
     def _request_id(self, raw: bytes | None) -> str:
         if raw is not None:

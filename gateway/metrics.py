@@ -95,6 +95,24 @@ class Metrics:
             ["region"],
             registry=registry,
         )
+        self.upstream_duration = Histogram(
+            "gateway_upstream_duration_seconds",
+            "Time to the response head of an upstream request, by backend (region name).",
+            ["backend"],
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.stream_failovers = Counter(
+            "gateway_stream_failovers",
+            "Upstream failures that made a streamed download try another region, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.active_streams = Gauge(
+            "gateway_active_streams",
+            "Downloads being streamed through the gateway right now.",
+            registry=registry,
+        )
         self.backend_up = Gauge(
             "gateway_backend_up",
             "1 while the region's backend is healthy, else 0 (label: region name).",
@@ -133,6 +151,7 @@ class Metrics:
         """Create the children for a configuration's regions and backends."""
         for region in regions:
             self.streamed_bytes.labels(region)
+            self.upstream_duration.labels(region)
             self.backend_up.labels(region).set(1)
             for reason in DECISION_REASONS:
                 self.decision(region, reason, 0)
@@ -166,6 +185,16 @@ class Metrics:
         if child is None:
             child = self._decisions[key] = self.region_decisions.labels(region, reason)
         child.inc(amount)
+
+    def upstream(self, region: str, code: str, seconds: float) -> None:
+        self.upstream_requests.labels(region, code).inc()
+        self.upstream_duration.labels(region).observe(seconds)
+
+    def streamed(self, region: str, amount: int) -> None:
+        self.streamed_bytes.labels(region).inc(amount)
+
+    def failover(self, region: str, reason: str) -> None:
+        self.stream_failovers.labels(reason).inc()
 
     def signing_time(self, kind: str) -> Histogram:
         hist = self._signing.get(kind)

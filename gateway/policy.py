@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Container, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.errors import NoRegionAvailable, NotEntitled
 from gateway.geo import Location
@@ -49,8 +49,12 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """The chosen region and why; ``fallbacks`` are the other allowed healthy
+    regions in policy order, for stream mode's failover (not part of equality)."""
+
     region: str
     reason: str
+    fallbacks: tuple[str, ...] = field(default=(), compare=False)
 
 
 def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -139,7 +143,8 @@ class GeoPolicy:
             preferred = "residency" if rule is not None else "header" if from_header else "nearest"
         for i, name in enumerate(ranked):
             if name in healthy:
-                return Decision(name, preferred if i == 0 else "failover")
+                rest = tuple(r for r in ranked[i + 1 :] if r in healthy)
+                return Decision(name, preferred if i == 0 else "failover", rest)
         raise NoRegionAvailable(
             "no healthy region is allowed for this device"
             + (f" (rule {rule!r})" if rule is not None else "")

@@ -198,6 +198,8 @@ _CLAIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 class AccessRule(Model):
     prefix: str
+    # Overrides delivery.mode for keys under this prefix.
+    delivery: Literal["redirect", "stream"] | None = None
 
     @field_validator("prefix")
     @classmethod
@@ -450,15 +452,19 @@ class SigningSettings(Model):
         return max(1, min(self.ttl_seconds // 3, room))
 
 
+class UpstreamSettings(Model):
+    """Stream mode's client towards the storage."""
+
+    connect_timeout: Duration = 5.0
+    read_timeout: Duration = 30.0
+    pool_size: int = Field(100, ge=1)
+    # Extra upstream requests one download may make (failover and resume).
+    retry_budget: int = Field(2, ge=0, le=10)
+
+
 class DeliverySettings(Model):
     mode: Literal["redirect", "stream"] = "redirect"
-
-    @field_validator("mode")
-    @classmethod
-    def _supported(cls, value: str) -> str:
-        if value == "stream":
-            raise ValueError("stream mode is not available in this version; use redirect")
-        return value
+    upstream: UpstreamSettings = UpstreamSettings()
 
 
 class HealthSettings(Model):

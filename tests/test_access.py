@@ -156,7 +156,7 @@ def test_prefix_from_claims() -> None:
     policy = AccessPolicy(["firmware/{product}/"])
     claims = {"sub": "dev-1", "product": "acme-x1"}
     assert policy.prefixes(claims) == ["firmware/acme-x1/"]
-    assert policy.check(claims, KEY) is None
+    assert policy.check(claims, KEY) == 0  # the index of the rule that matched
     policy.check(claims, "firmware/acme-x1/a")
 
 

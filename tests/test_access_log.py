@@ -9,7 +9,7 @@ from gateway.access_log import AccessLog
 
 FIELDS = {
     "time", "request_id", "sub", "key", "region", "backend", "reason", "method",
-    "status", "bytes", "range", "duration_s", "client", "user_agent",
+    "status", "bytes", "range", "duration_s", "client", "user_agent", "regions",
 }  # fmt: skip
 
 
@@ -82,3 +82,14 @@ def test_a_broken_stream_does_not_raise() -> None:
     record(log)
     stream.close()
     log.flush()  # ValueError from a closed stream is swallowed
+
+
+def test_streamed_downloads_list_every_region_used() -> None:
+    stream = io.StringIO()
+    log = AccessLog(stream)
+    record(log, regions=["eu-central", "eu-west"])
+    record(log)
+    log.flush()
+    streamed, redirected = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert streamed["regions"] == ["eu-central", "eu-west"]
+    assert redirected["regions"] is None

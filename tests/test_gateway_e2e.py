@@ -502,7 +502,7 @@ def test_access_log_line_has_the_spec_keys_and_no_secrets(stack: Stack) -> None:
     record = stack.log_records(response.headers["x-request-id"])
     assert set(record) == {
         "time", "request_id", "sub", "key", "region", "backend", "reason", "method",
-        "status", "bytes", "range", "duration_s", "client", "user_agent",
+        "status", "bytes", "range", "duration_s", "client", "user_agent", "regions",
     }  # fmt: skip
     assert record["sub"] == "device-log"
     assert record["key"] == KEY
