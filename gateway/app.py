@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,7 @@ from gateway.metrics import Metrics
 from gateway.openapi import OPENAPI_JSON
 from gateway.policy import GeoPolicy, Region, Rule
 from gateway.proxy_headers import TrustedProxies, client_address
-from gateway.settings import Settings
+from gateway.settings import Settings, load_settings
 from gateway.signers import SignedURL, Signer, build_signer
 from gateway.stream import StreamAborted, Streamer, StreamResult, single_range, upstream_client
 from gateway.url_cache import SignedURLCache
@@ -221,6 +221,7 @@ class GatewayApp:
         self._id_prefix = os.urandom(4).hex()
         self._id_counter = itertools.count(1)
         self._flusher: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Future[Any]] = set()
         self._client: httpx.AsyncClient | None = None
         self.streamer: Streamer | None = None
 
@@ -261,6 +262,41 @@ class GatewayApp:
         if self.runtime is not None:
             await self.runtime.aclose()
         self.access_log.flush()
+
+    async def reload_file(self, path: str | os.PathLike[str]) -> bool:
+        """Reload the configuration file, its keys, GeoIP database and revocation list.
+
+        All or nothing: an invalid file is refused with its problems logged and
+        the running configuration keeps serving. Requests in flight finish on
+        the runtime they started with; the old one is closed after the drain
+        timeout.
+        """
+        try:
+            settings = load_settings(path)
+            runtime = Runtime(settings, self.metrics, self.clock)
+        except ConfigError as exc:
+            for line in exc.problems:
+                log.error("reload refused: %s", line)
+            self.metrics.config_reloads.labels("failure").inc()
+            return False
+        old, self.runtime, self.settings = self.runtime, runtime, settings
+        for region in set(old.settings.regions if old else ()) - set(settings.regions):
+            with contextlib.suppress(KeyError):
+                self.metrics.backend_up.remove(region)
+        self.metrics.config_reloads.labels("success").inc()
+        self.metrics.last_reload.set(self.clock())
+        log.info("configuration reloaded from %s", path)
+        if old is not None:
+            asyncio.get_running_loop().call_later(
+                settings.limits.drain_timeout, lambda: self.spawn(old.aclose())
+            )
+        return True
+
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` in the background, keeping a reference until it is done."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _flush_forever(self) -> None:
         while True:
@@ -325,7 +361,7 @@ class GatewayApp:
         address = peer
         self.inflight += 1
         try:
-            if runtime is None or self.draining:
+            if runtime is None:
                 raise Unavailable("the gateway is not ready")
             if largest > runtime.max_header_bytes or head_bytes > runtime.max_head_bytes:
                 raise HeaderTooLarge(

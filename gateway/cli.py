@@ -68,9 +68,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.server import GatewayServer, server_config
 
     settings = load_checked(args.config)
     options = uvicorn_options(settings)
+    _log_to_stderr()
     if args.workers > 1:
         # Workers are separate processes: each loads the same file itself.
         os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
@@ -83,7 +85,21 @@ def cmd_serve(args: argparse.Namespace) -> None:
             **options,
         )
     else:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, **options)
+        app = create_app(settings)
+        config = server_config(app, host=args.host, port=args.port, **options)
+        GatewayServer(config, app, Path(args.config)).run()
+
+
+def _log_to_stderr() -> None:
+    """Operational messages (reloads, drain) on stderr; stdout is the access log."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("gateway")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def worker_app() -> Any:

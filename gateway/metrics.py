@@ -130,6 +130,11 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.last_reload = Gauge(
+            "gateway_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully (Unix time).",
+            registry=registry,
+        )
         self.build_info = Gauge(
             "gateway_build_info",
             "Always 1; the version label says which build runs.",

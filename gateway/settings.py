@@ -481,6 +481,9 @@ class LimitsSettings(Model):
     header_timeout: Duration = 10.0
     max_header_bytes: ByteSize = 8192
     drain_timeout: Duration = 30.0
+    # SIGTERM: how long readiness is 503 before the listeners close, so load
+    # balancers stop sending new connections first.
+    drain_delay: Duration = 0.0
 
 
 class Settings(Model):
