@@ -110,7 +110,7 @@ SigningKeyType = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 @dataclass(frozen=True, slots=True)
-class CloudFrontKey:
+class SigningKey:
     """One loaded signing key: the CloudFront public key id and its private key."""
 
     key_pair_id: str
@@ -158,7 +158,7 @@ def load_private_key(path: str, field: str, hash_algorithm: HashName = "sha1") -
         try:
             # RFC 6979 needs OpenSSL >= 3.2 (and cryptography >= 44): find out
             # now, at start, rather than at the first download.
-            CloudFrontKey("probe", key, hash_algorithm).sign(b"probe")
+            SigningKey("probe", key, hash_algorithm).sign(b"probe")
         except (UnsupportedAlgorithm, TypeError):
             raise ConfigError(
                 [
@@ -179,7 +179,7 @@ def create(settings: CloudFrontBackend, field: str) -> CloudFrontSigner:
     or ``{field}.keys.{i}.private_key``) and an IPv6 ``source_ip``.
     """
     problems: list[str] = []
-    keys: list[tuple[int | None, CloudFrontKey]] = []
+    keys: list[tuple[int | None, SigningKey]] = []
     single = settings.key_pair_id is not None
     for index, version in enumerate(settings.key_versions()):
         where = f"{field}.private_key" if single else f"{field}.keys.{index}.private_key"
@@ -191,7 +191,7 @@ def create(settings: CloudFrontBackend, field: str) -> CloudFrontSigner:
         keys.append(
             (
                 version.not_before,
-                CloudFrontKey(version.key_pair_id, private, settings.hash_algorithm),
+                SigningKey(version.key_pair_id, private, settings.hash_algorithm),
             )
         )
     if settings.source_ip is not None and ipaddress.ip_network(settings.source_ip).version != 4:
@@ -233,7 +233,7 @@ class CloudFrontSigner:
     def __init__(
         self,
         base: str,
-        keys: KeyRing[CloudFrontKey],
+        keys: KeyRing[SigningKey],
         *,
         policy: Literal["canned", "custom"] = "canned",
         start_skew: int | None = None,

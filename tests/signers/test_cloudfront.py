@@ -26,6 +26,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,11 +179,11 @@ def verify(
     """
     parts = urlsplit(url)
     base = f"{parts.scheme}://{parts.netloc}{parts.path}"
-    params = [tuple(p.split("=", 1)) for p in parts.query.split("&")]
-    if any(len(p) != 2 for p in params):
+    pairs = [p.split("=", 1) for p in parts.query.split("&")]
+    if any(len(p) != 2 for p in pairs):
         raise Rejected("malformed query")
-    names = [name for name, _ in params]
-    values = dict(params)
+    names = [name for name, _ in pairs]
+    values = {name: value for name, value in pairs}
     if len(values) != len(names):
         raise Rejected("repeated parameter")
     # Parameter order exactly as in the guide's example URLs.
@@ -433,16 +434,15 @@ def test_tampering_with_a_custom_policy_fails(keys: Keys) -> None:
         verify(url.replace("/1.0.0/", "/1.0.1/"), publics)
 
     policy = json.loads(_b64decode_cloudfront(_param(url, "Policy")))
-    for change in (
-        lambda p: p["Statement"][0]["Condition"]["DateLessThan"].update(
-            {"AWS:EpochTime": EXPIRES_AT + 1}
-        ),
-        lambda p: p["Statement"][0]["Condition"]["IpAddress"].update({"AWS:SourceIp": "0.0.0.0/0"}),
-        lambda p: p["Statement"][0]["Condition"].pop("DateGreaterThan"),
-        lambda p: p["Statement"][0].update({"Resource": f"https://{DOMAIN}/*"}),
-    ):
+    changes: list[Callable[[dict[str, Any]], object]] = [
+        lambda s: s["Condition"]["DateLessThan"].update({"AWS:EpochTime": EXPIRES_AT + 1}),
+        lambda s: s["Condition"]["IpAddress"].update({"AWS:SourceIp": "0.0.0.0/0"}),
+        lambda s: s["Condition"].pop("DateGreaterThan"),
+        lambda s: s.update({"Resource": f"https://{DOMAIN}/*"}),
+    ]
+    for change in changes:
         forged = json.loads(json.dumps(policy))
-        change(forged)
+        change(forged["Statement"][0])
         encoded = cloudfront_b64(json.dumps(forged, separators=(",", ":")).encode())
         with pytest.raises(Rejected, match="bad signature"):
             verify(_replace(url, "Policy", encoded), publics)
@@ -452,7 +452,7 @@ def test_tampering_with_a_custom_policy_fails(keys: Keys) -> None:
         verify(url, publics, now=SIGNED_AT, client_ip="198.51.100.1")
 
 
-# --------------------------------------------------------------------------- rotation and determinism
+# ------------------------------------------------------------------ rotation and determinism
 
 
 def test_rotation_switches_key_at_not_before_and_old_urls_live_on(keys: Keys) -> None:
@@ -615,15 +615,16 @@ def bad_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+ACCEPTED = "CloudFront accepts RSA-2048 or ECDSA P-256 keys"
 BAD_KEY_REASONS = {
     "missing": "cannot read {path}: No such file or directory",
     "directory": "cannot read {path}: Is a directory",
     "garbage": "{path} is not a PEM private key",
     "public": "{path} is not a PEM private key",
     "encrypted": "{path} is an encrypted private key; give it unencrypted (PEM)",
-    "rsa1024": "{path} holds an RSA-1024 key; CloudFront accepts RSA-2048 or ECDSA P-256 keys",
-    "p384": "{path} holds an EC secp384r1 key; CloudFront accepts RSA-2048 or ECDSA P-256 keys",
-    "ed25519": "{path} holds a key of type Ed25519; CloudFront accepts RSA-2048 or ECDSA P-256 keys",
+    "rsa1024": "{path} holds an RSA-1024 key; " + ACCEPTED,
+    "p384": "{path} holds an EC secp384r1 key; " + ACCEPTED,
+    "ed25519": "{path} holds a key of type Ed25519; " + ACCEPTED,
 }
 
 

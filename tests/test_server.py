@@ -1,0 +1,261 @@
+"""``gateway serve`` as a real process: head deadline, reload on SIGHUP, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from gateway.keys import generate_key, issue_token
+from gateway.origin import create_origin_app
+from tests.stack import AUDIENCE, FILES, ISSUER, KEY, REGIONS, write_origin_roots
+from tests.support import free_port, serve, wait_for_port
+
+BINARY = f"/v1/binaries/{KEY}"
+
+
+class Deployment:
+    """Origins in this process, the gateway as a child process."""
+
+    def __init__(self, workdir: Path, origins: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.origins = origins
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.config_path = workdir / "gateway.yaml"
+        keys = workdir / "keys"
+        generate_key("EdDSA", keys, "k1")
+        self.token = issue_token(
+            keys / "k1.pem", "k1", "dev-1", audience=AUDIENCE, issuer=ISSUER,
+            claims={"product": "acme-x1"},
+        )  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def config(self, regions: list[str], default: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "auth": {
+                "jwks": str(self.workdir / "keys" / "jwks.json"),
+                "issuer": ISSUER,
+                "audience": AUDIENCE,
+            },
+            "access": [{"prefix": "firmware/{product}/"}],
+            "geo": {"default_region": default},
+            "regions": {
+                name: {
+                    "location": list(REGIONS[name]),
+                    "backend": {"type": "local", "url": self.origins[name], "secret": SECRET},
+                }
+                for name in regions
+            },
+            **extra,
+        }
+
+    def write(self, config: dict[str, Any]) -> None:
+        self.config_path.write_text(yaml.safe_dump(config))
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path),
+             "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        wait_for_port(self.port, 30, self.proc)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self) -> str:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            _, err = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        return err.decode(errors="replace")
+
+    def get(self, path: str = BINARY, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        return httpx.get(self.base + path, headers=headers, timeout=10, **kwargs)
+
+    def metric(self, line_start: str) -> float:
+        for line in httpx.get(self.base + "/metrics", timeout=10).text.splitlines():
+            if line.startswith(line_start):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+SECRET = "server-test-secret-0123456789"
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    roots = write_origin_roots(tmp_path, list(REGIONS))
+    with contextlib.ExitStack() as stack:
+        origins = {
+            name: stack.enter_context(serve(create_origin_app(root, SECRET.encode())))
+            for name, root in roots.items()
+        }
+        d = Deployment(tmp_path, origins)
+        yield d
+        if d.proc is not None:
+            d.stop()  # also closes the stderr pipe of an exited process
+
+
+def test_a_slow_request_head_is_cut_off_while_others_are_served(deployment: Deployment) -> None:
+    deployment.write(
+        deployment.config(["eu-central", "us-east"], "us-east", limits={"header_timeout": "2s"})
+    )
+    deployment.start()
+    slow = socket.create_connection(("127.0.0.1", deployment.port))
+    began = time.monotonic()
+    slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    closed_after = None
+    served_meanwhile = 0
+    try:
+        while time.monotonic() - began < 8:
+            try:
+                slow.sendall(b"X")  # one header byte at a time (slowloris)
+            except OSError:
+                closed_after = time.monotonic() - began
+                break
+            slow.settimeout(0.3)
+            try:
+                if slow.recv(1024) == b"":
+                    closed_after = time.monotonic() - began
+                    break
+            except TimeoutError:
+                pass
+            if deployment.get().status_code == 307:
+                served_meanwhile += 1
+    finally:
+        slow.close()
+    assert closed_after is not None and closed_after < 4.5
+    assert served_meanwhile >= 2
+    assert "request head took over 2.0s" in deployment.stop()
+
+
+def test_sighup_reloads_under_steady_load_without_a_failure(deployment: Deployment) -> None:
+    deployment.write(deployment.config(["eu-central", "us-east"], "us-east"))
+    deployment.start()
+    statuses: list[int] = []
+    regions: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set() and len(statuses) < 5000:
+                r = client.get(
+                    deployment.base + BINARY,
+                    headers={"Authorization": f"Bearer {deployment.token}"},
+                )
+                statuses.append(r.status_code)
+                regions.append(r.headers.get("x-gateway-region", ""))
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        time.sleep(0.5)
+        # A region list with a new region, now the default.
+        deployment.write(
+            deployment.config(["eu-central", "us-east", "ap-northeast"], "ap-northeast")
+        )
+        deployment.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (not regions or regions[-1] != "ap-northeast"):
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        worker.join(timeout=20)
+    assert statuses and set(statuses) == {307}, set(statuses)
+    assert regions[0] == "us-east" and regions[-1] == "ap-northeast"
+    assert deployment.metric('gateway_config_reloads_total{result="success"}') == 1
+    download = deployment.get(follow_redirects=True)
+    assert download.content == FILES[KEY]
+
+
+def test_sighup_with_a_broken_config_keeps_the_old_one(deployment: Deployment) -> None:
+    deployment.write(deployment.config(["eu-central", "us-east"], "us-east"))
+    deployment.start()
+    broken = deployment.config(["eu-central"], "us-east")  # default names a missing region
+    broken["signing"] = {"ttl": "forever"}
+    deployment.write(broken)
+    deployment.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if deployment.metric('gateway_config_reloads_total{result="failure"}') == 1:
+            break
+        time.sleep(0.05)
+    assert deployment.metric('gateway_config_reloads_total{result="failure"}') == 1
+    assert deployment.metric('gateway_config_reloads_total{result="success"}') == 0
+    response = deployment.get()
+    assert response.status_code == 307
+    assert response.headers["x-gateway-region"] == "us-east"
+    err = deployment.stop()
+    assert "reload refused: signing.ttl: expected a duration" in err
+    assert "reload refused: geo.default_region: 'us-east' is not a configured region" in err
+    assert "Traceback" not in err
+
+
+def test_sigterm_drains_twenty_streamed_downloads(deployment: Deployment) -> None:
+    deployment.write(
+        deployment.config(
+            ["eu-central", "us-east"],
+            "us-east",
+            delivery={"mode": "stream"},
+            limits={"drain_timeout": "20s", "drain_delay": "1s"},
+        )
+    )
+    deployment.start()
+    expected = hashlib.sha256(FILES[KEY]).hexdigest()
+    results: list[str] = []
+    started = threading.Barrier(21)
+
+    def slow_download() -> None:
+        digest = hashlib.sha256()
+        with (
+            httpx.Client(timeout=30) as client,
+            client.stream(
+                "GET", deployment.base + BINARY,
+                headers={"Authorization": f"Bearer {deployment.token}"},
+            ) as response,
+        ):  # fmt: skip
+            started.wait(timeout=20)
+            for chunk in response.iter_bytes(16 * 1024):
+                digest.update(chunk)
+                time.sleep(0.02)  # a slow device: ~2 s for the whole file
+            results.append(f"{response.status_code}:{digest.hexdigest()}")
+
+    threads = [threading.Thread(target=slow_download) for _ in range(20)]
+    for t in threads:
+        t.start()
+    started.wait(timeout=20)
+    deployment.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    ready = httpx.get(deployment.base + "/readyz", timeout=5)
+    for t in threads:
+        t.join(timeout=40)
+    assert ready.status_code == 503
+    assert results == [f"200:{expected}"] * 20
+    assert deployment.proc is not None
+    assert deployment.proc.wait(timeout=20) == 0
+    # New connections are refused once the listeners closed.
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(deployment.base + "/healthz", timeout=2)
