@@ -325,7 +325,7 @@ class S3Credentials(Model):
 class S3Backend(Model):
     type: Literal["s3"]
     bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
-    region: Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")]
+    region: Annotated[str, Field(pattern=r"^[a-z]{2,4}(-[a-z]+)+-\d+$")]
     endpoint: URL | None = None
     addressing: Literal["virtual", "path"] = "virtual"
     credentials: S3Credentials = S3Credentials()

@@ -77,9 +77,7 @@ def load_service_account(path: str, field: str) -> ServiceAccount:
     problems: list[str] = []
     kind = data.get("type", "service_account")
     if kind != "service_account":
-        problems.append(
-            f"{field}: {path} is a {kind!r} credential; give a service-account JSON key"
-        )
+        problems.append(f"{field}: {path} has type {kind!r}; give a service-account JSON key")
     email = data.get("client_email")
     if not isinstance(email, str) or "@" not in email:
         problems.append(f"{field}.client_email: missing or not an email address in {path}")
@@ -91,9 +89,7 @@ def load_service_account(path: str, field: str) -> ServiceAccount:
         try:
             loaded = serialization.load_pem_private_key(pem.encode(), password=None)
         except (ValueError, TypeError, UnsupportedAlgorithm):
-            problems.append(
-                f"{field}.private_key: not an unencrypted PEM private key in {path}"
-            )
+            problems.append(f"{field}.private_key: not an unencrypted PEM private key in {path}")
         else:
             if not isinstance(loaded, rsa.RSAPrivateKey):
                 problems.append(
@@ -144,8 +140,17 @@ def _endpoint(value: str, field: str) -> tuple[str, str]:
 
 def create(settings: GCSBackend, field: str) -> GCSSigner:
     """The signer for a ``gcs`` backend's settings; ConfigError for an unusable key file."""
-    account = load_service_account(settings.service_account, f"{field}.service_account")
-    base, host = _endpoint(settings.endpoint, field)
+    problems: list[str] = []
+    try:
+        account = load_service_account(settings.service_account, f"{field}.service_account")
+    except ConfigError as exc:
+        problems += exc.problems
+    try:
+        base, host = _endpoint(settings.endpoint, field)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
     return GCSSigner(
         bucket=settings.bucket,
         client_email=account.client_email,
@@ -216,7 +221,9 @@ class GCSSigner:
                 hashlib.sha256(canonical_request.encode("ascii")).hexdigest(),
             ]
         )
-        signature = self._key.sign(string_to_sign.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
+        signature = self._key.sign(
+            string_to_sign.encode("ascii"), padding.PKCS1v15(), hashes.SHA256()
+        )
         return f"{query}&X-Goog-Signature={binascii.hexlify(signature).decode('ascii')}"
 
     async def sign(self, key: str, signed_at: int, expires_at: int) -> SignedURL:

@@ -38,6 +38,7 @@ as long as nginx's map has it. A URL whose secret has no ``id`` (the single
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import re
 from collections import Counter
@@ -78,7 +79,7 @@ def secure_link_md5(secret: str, uri: str, expires: int) -> str:
 @dataclass(frozen=True, slots=True)
 class _Secret:
     id: str | None
-    value: str
+    value: str = dataclasses.field(repr=False)  # never in a repr or a log line
 
 
 def create(settings: NginxBackend, field: str) -> NginxSigner:

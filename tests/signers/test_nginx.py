@@ -4,19 +4,23 @@ Every nginx here runs ``deploy/nginx/gateway-origin.conf`` itself, with only
 the listen address, the root and the secrets' map substituted (each
 substitution must match exactly once, so an edit of the shipped file that the
 test can no longer follow fails here instead of silently testing something
-else). nginx runs in the foreground as a single process (``master_process
-off``) with every path it writes inside ``tmp_path``, so it needs no root and,
-run as root, serves ``tmp_path`` without dropping privileges to a worker user.
+else). nginx runs in the foreground (``daemon off``) with a master and one worker,
+as in production, so ``reload`` is the real SIGHUP reload; every path it
+writes is inside ``tmp_path``, so it needs no root, and run as root its worker
+stays root (``user root``) so it can read ``tmp_path``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import os
+import pwd
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -26,9 +30,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+import yaml
 
 from gateway.errors import ConfigError
-from gateway.settings import parse_settings
+from gateway.keys import generate_key
+from gateway.settings import NginxBackend, parse_settings
 from gateway.signers import SignedURL, build_signer
 from gateway.signers.nginx import NginxSigner, create, secure_link_md5
 from tests.stack import running_gateway
@@ -57,7 +63,7 @@ def render_site(root: Path, port: int, secrets: Mapping[str | None, str]) -> str
     """The shipped config with this test's port, root and secrets (``None`` is ``default``)."""
     text = DEPLOY_CONF.read_text()
     entries = "".join(
-        f'    {"default" if name is None else f"{name!r}".replace(chr(39), chr(34))}  "{value}";\n'
+        f'    {"default" if name is None else chr(34) + name + chr(34)}  "{value}";\n'
         for name, value in secrets.items()
     )
     replacements = [
@@ -72,6 +78,22 @@ def render_site(root: Path, port: int, secrets: Mapping[str | None, str]) -> str
     return text
 
 
+def write_config(
+    prefix: Path, root: Path, port: int, secrets: Mapping[str | None, str], generation: int
+) -> None:
+    """nginx's site config for ``secrets``, plus a marker server naming its ``generation``."""
+    (prefix / "gateway-origin.conf").write_text(render_site(root, port, secrets))
+    # A second server the test asks which configuration is live, so a reload
+    # is waited for, not slept for.
+    (prefix / "generation.conf").write_text(
+        "server {\n"
+        f"    listen 127.0.0.1:{port};\n"
+        "    server_name generation.invalid;\n"
+        f'    location = /generation {{ return 200 "{generation}"; }}\n'
+        "}\n"
+    )
+
+
 @dataclass
 class Nginx:
     """One running nginx; ``reload`` rewrites its secrets and reloads it like an operator."""
@@ -81,36 +103,37 @@ class Nginx:
     root: Path
     prefix: Path
     proc: subprocess.Popen[bytes]
-    generation: int = 0
-
-    def write(self, secrets: Mapping[str | None, str]) -> None:
-        self.generation += 1
-        (self.prefix / "gateway-origin.conf").write_text(render_site(self.root, self.port, secrets))
-        # A second server the test asks which configuration is live, so a
-        # reload is waited for, not slept for.
-        (self.prefix / "generation.conf").write_text(
-            "server {\n"
-            f"    listen 127.0.0.1:{self.port};\n"
-            "    server_name generation.invalid;\n"
-            f'    location = /generation {{ return 200 "{self.generation}"; }}\n'
-            "}\n"
-        )
-
-    def live_generation(self) -> int:
-        response = httpx.get(
-            f"{self.base}/generation", headers={"Host": "generation.invalid"}, timeout=5
-        )
-        return int(response.text)
+    generation: int = 1
 
     def reload(self, secrets: Mapping[str | None, str]) -> None:
         """Write new secrets and send SIGHUP (what ``nginx -s reload`` sends)."""
-        self.write(secrets)
+        self.generation += 1
+        write_config(self.prefix, self.root, self.port, secrets, self.generation)
+        old_workers = self._workers()
         self.proc.send_signal(signal.SIGHUP)
+        # Done when the new config answers and every old worker has exited:
+        # until then an old worker may still accept a connection and answer
+        # with the old secrets.
         deadline = time.monotonic() + 10
-        while self.live_generation() != self.generation:
+        while self._live_generation() != self.generation or self._workers() & old_workers:
             if time.monotonic() > deadline:
                 raise AssertionError(f"nginx did not reload:\n{self.error_log()}")
             time.sleep(0.02)
+
+    def _workers(self) -> set[str]:
+        """Pids of the master's children (Linux /proc)."""
+        pid = self.proc.pid
+        return set(Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+
+    def _live_generation(self) -> int | None:
+        try:
+            response = httpx.get(
+                f"{self.base}/generation", headers={"Host": "generation.invalid"}, timeout=5
+            )
+        except httpx.TransportError:
+            # An old worker closing as it hands over; ask again.
+            return None
+        return int(response.text)
 
     def error_log(self) -> str:
         path = self.prefix / "error.log"
@@ -119,7 +142,8 @@ class Nginx:
 
 MAIN_CONF = """\
 daemon off;
-master_process off;
+worker_processes 1;
+{user}
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log notice;
 events {{ worker_connections 64; }}
@@ -136,6 +160,12 @@ http {{
 """
 
 
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @contextlib.contextmanager
 def running_nginx(workdir: Path, secrets: Mapping[str | None, str]) -> Iterator[Nginx]:
     """nginx on 127.0.0.1 serving ``FILES`` with the shipped config and ``secrets``."""
@@ -146,35 +176,39 @@ def running_nginx(workdir: Path, secrets: Mapping[str | None, str]) -> Iterator[
         (root / key).write_bytes(data)
     prefix = workdir / "nginx"
     prefix.mkdir(parents=True)
-    (prefix / "nginx.conf").write_text(MAIN_CONF.format(prefix=prefix))
+    # Run as root, nginx would start its worker as "nobody", which cannot read
+    # tmp_path (mode 0700): keep the worker as the user running the tests.
+    # (Not root, nginx cannot switch users and the directive is left out.)
+    user = ""
+    if os.geteuid() == 0:
+        names = pwd.getpwuid(os.geteuid()).pw_name, grp.getgrgid(os.getegid()).gr_name
+        user = "user {} {};".format(*names)
+    (prefix / "nginx.conf").write_text(MAIN_CONF.format(prefix=prefix, user=user))
     port = free_port()
-    # -e: the log nginx opens before it has read the config (the compiled-in
+    # -e: the log nginx writes before it has read the config (the compiled-in
     # default may be /var/log/nginx/error.log, not writable without root).
-    command = [program, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", "stderr"]
-    server = Nginx(f"http://127.0.0.1:{port}", port, root, prefix, proc=None)  # type: ignore[arg-type]
-    server.write(secrets)
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    server.proc = proc
+    command = [program, "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
+    command += ["-e", str(prefix / "error.log")]
+    write_config(prefix, root, port, secrets, generation=1)
+    # Its own process group, so a master that must be killed takes its worker along.
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    server = Nginx(f"http://127.0.0.1:{port}", port, root, prefix, proc)
     try:
         try:
             wait_for_port(port, timeout=10, proc=proc)
         except RuntimeError:
-            proc.kill()
-            _, stderr = proc.communicate(timeout=5)
-            raise AssertionError(
-                f"nginx did not start: {stderr.decode()}\n{server.error_log()}"
-            ) from None
+            _kill_group(proc)
+            raise AssertionError(f"nginx did not start:\n{server.error_log()}") from None
         yield server
     finally:
         if proc.poll() is None:
-            proc.terminate()  # SIGTERM: nginx's fast shutdown
+            proc.terminate()  # SIGTERM: nginx's fast shutdown, workers included
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+                _kill_group(proc)
 
 
 @pytest.fixture
@@ -183,18 +217,23 @@ def nginx(tmp_path: Path) -> Iterator[Nginx]:
         yield server
 
 
-def nginx_settings(base: str, **backend: Any) -> Any:
+def nginx_settings(base: str, **backend: Any) -> NginxBackend:
     """The backend settings of a one-region config, validated like the real file."""
     settings = parse_settings(
         {
             "auth": {"jwks": "unused.json", "issuer": "i", "audience": "a"},
             "access": [{"prefix": "firmware/"}],
             "regions": {
-                "eu": {"location": [50.1, 8.7], "backend": {"type": "nginx", "url": base, **backend}}
+                "eu": {
+                    "location": [50.1, 8.7],
+                    "backend": {"type": "nginx", "url": base, **backend},
+                }
             },
         }
     )
-    return settings.regions["eu"].backend
+    backend_settings = settings.regions["eu"].backend
+    assert isinstance(backend_settings, NginxBackend)
+    return backend_settings
 
 
 def sign(signer: NginxSigner, key: str, signed_at: int, expires_at: int) -> SignedURL:
@@ -325,7 +364,7 @@ def test_wrong_secret_is_403_and_only_get_is_served(nginx: Nginx) -> None:
 
 def test_rotation_switches_at_not_before_and_old_urls_keep_verifying(tmp_path: Path) -> None:
     now = int(time.time())
-    switch = now + 1000  # the new secret's not_before
+    switch = now - 100  # the new secret's not_before
     settings = nginx_settings(
         "http://placeholder.invalid",
         secrets=[
@@ -336,16 +375,15 @@ def test_rotation_switches_at_not_before_and_old_urls_keep_verifying(tmp_path: P
     with running_nginx(tmp_path, {None: OLD, "old": OLD, "new": NEW}) as server:
         signer = create(settings.model_copy(update={"url": server.base}), "regions.eu.backend")
 
-        # Signed before not_before (and valid now): the old secret signs.
-        before = sign(signer, KEY, now - 10, now + 600).url
+        # Signed a second before not_before (and still valid): the old secret.
+        before = sign(signer, KEY, switch - 1, switch - 1 + 900).url
         assert query(before)["key"] == "old"
-        assert query(before)["md5"] == secure_link_md5(OLD, f"/{KEY}", now + 600)
-        # Signed at and after not_before: the new one. Expiries are real
-        # future times, so nginx checks the checksum, not the clock.
-        at = sign(signer, KEY, switch, now + 700).url
-        after = sign(signer, KEY, switch + 5000, now + 800).url
+        assert query(before)["md5"] == secure_link_md5(OLD, f"/{KEY}", switch - 1 + 900)
+        # Signed at not_before and later: the new one.
+        at = sign(signer, KEY, switch, switch + 900).url
+        after = sign(signer, KEY, now, now + 900).url
         assert query(at)["key"] == query(after)["key"] == "new"
-        assert query(at)["md5"] == secure_link_md5(NEW, f"/{KEY}", now + 700)
+        assert query(at)["md5"] == secure_link_md5(NEW, f"/{KEY}", switch + 900)
         for url in (before, at, after):
             response = httpx.get(url, timeout=10)
             assert (response.status_code, response.content) == (200, FILES[KEY])
@@ -473,13 +511,6 @@ def test_secret_nginx_cannot_hold_and_rewritten_prefix_are_refused() -> None:
 
 
 def test_check_config_reports_the_nginx_problem(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    import yaml
-
-    from gateway.keys import generate_key
-
     generate_key("EdDSA", tmp_path / "keys", "ed1")
     config = {
         "auth": {"jwks": str(tmp_path / "keys" / "jwks.json"), "issuer": "i", "audience": "a"},
@@ -502,7 +533,6 @@ def test_check_config_reports_the_nginx_problem(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ},
     )
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
