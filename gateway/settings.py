@@ -272,7 +272,7 @@ class _SharedSecretBackend(Model):
     @model_validator(mode="after")
     def _one_way(self) -> _SharedSecretBackend:
         if (self.secret is None) == (not self.secrets):
-            raise ValueError("give either secret or secrets (a list for rotation), not both")
+            raise ValueError("give secret or secrets (a list for rotation), exactly one of them")
         return self
 
     def secret_versions(self) -> tuple[SecretVersion, ...]:

@@ -787,7 +787,7 @@ def test_presigned_urls_are_capped_at_seven_days() -> None:
         ),
         (
             {"type": "nginx", "url": "http://127.0.0.1:1"},
-            "regions.eu.backend: give either secret or secrets",
+            "regions.eu.backend: give secret or secrets",
         ),
         (
             {"type": "azure", "account": "devstoreaccount1", "container": "fw"},
