@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -41,13 +42,16 @@ from gateway.errors import (
     MethodNotAllowed,
     NotEntitled,
     NotFound,
+    RateLimited,
     Unavailable,
 )
 from gateway.geo import GeoIPLocator, Location, location_from_headers
+from gateway.health import RegionHealth, http_probe
 from gateway.metrics import Metrics
 from gateway.openapi import OPENAPI_JSON
 from gateway.policy import GeoPolicy, Region, Rule
 from gateway.proxy_headers import TrustedProxies, client_address
+from gateway.ratelimit import RateLimiter
 from gateway.settings import Settings, load_settings
 from gateway.signers import SignedURL, Signer, build_signer
 from gateway.stream import StreamAborted, Streamer, StreamResult, single_range, upstream_client
@@ -156,15 +160,65 @@ class Runtime:
             clock=clock,
             observe=lambda kind, seconds: metrics.signing_time(kind).observe(seconds),
         )
-        # Health comes from active and passive checks in a later version; for
-        # now every configured region is treated as healthy.
-        self.healthy: frozenset[str] = frozenset(settings.regions)
+        health = settings.health
+        self.health = RegionHealth(
+            tuple(settings.regions),
+            unhealthy_after=health.unhealthy_after,
+            healthy_after=health.healthy_after,
+            ejection_base=health.ejection_base,
+            ejection_max=health.ejection_max,
+            max_ejected_share=health.max_ejected_share,
+            groups=[rule.regions for rule in settings.geo.residency.values()],
+            on_change=lambda region, up: metrics.backend_up.labels(region).set(1 if up else 0),
+        )
+        limits = settings.limits
+        # One bucket per device and route: a device fetching URLs does not use up
+        # its downloads.
+        self.limiters: dict[str, RateLimiter] = (
+            {
+                route: RateLimiter(
+                    limits.rate_per_device, limits.burst_per_device, limits.rate_limit_entries
+                )
+                for route in ("binaries", "urls")
+            }
+            if limits.rate_per_device is not None
+            else {}
+        )
+        self.checks: asyncio.Task[None] | None = None
         self.max_header_bytes = settings.limits.max_header_bytes
         self.max_head_bytes = 4 * settings.limits.max_header_bytes
         self.max_concurrent = settings.limits.max_concurrent_requests
         metrics.prepare(settings.regions, set(self.backend_kind.values()))
 
+    def start_checks(self, client: httpx.AsyncClient) -> None:
+        """Start the active health checks (the lifespan owns the task)."""
+        health = self.settings.health
+        if not health.active or self.checks is not None:
+            return
+        path = health.path
+
+        def url_for(region: str) -> Callable[[], Awaitable[str]]:
+            signer = self.signers[region]
+
+            async def url() -> str:
+                # Signed directly, not through the URL cache: probes must not
+                # skew the cache metrics.
+                now = int(time.time())
+                return (await signer.sign(path, now, now + 300)).url
+
+            return url
+
+        probes = {region: http_probe(client, url_for(region)) for region in self.signers}
+        self.checks = asyncio.create_task(
+            self.health.run_active_checks(probes, health.interval, health.timeout)
+        )
+
     async def aclose(self) -> None:
+        if self.checks is not None:
+            self.checks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.checks
+            self.checks = None
         for signer in self.signers.values():
             with contextlib.suppress(Exception):
                 await signer.aclose()
@@ -223,6 +277,7 @@ class GatewayApp:
         self._flusher: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[Any]] = set()
         self._client: httpx.AsyncClient | None = None
+        self._probe_client: httpx.AsyncClient | None = None
         self.streamer: Streamer | None = None
 
     # ------------------------------------------------------------------ lifespan
@@ -241,10 +296,15 @@ class GatewayApp:
             self.streamer = Streamer(
                 self._client,
                 retry_budget=upstream.retry_budget,
-                on_upstream=self.metrics.upstream,
+                on_upstream=self._upstream_answered,
                 on_bytes=self.metrics.streamed,
-                on_failure=self.metrics.failover,
+                on_failure=self._upstream_failed,
             )
+        if self._probe_client is None:
+            self._probe_client = httpx.AsyncClient(
+                timeout=self.settings.health.timeout, follow_redirects=False, trust_env=False
+            )
+        self.runtime.start_checks(self._probe_client)
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_forever())
 
@@ -255,12 +315,13 @@ class GatewayApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-            self.streamer = None
         if self.runtime is not None:
             await self.runtime.aclose()
+        for client in (self._client, self._probe_client):
+            if client is not None:
+                await client.aclose()
+        self._client = self._probe_client = None
+        self.streamer = None
         self.access_log.flush()
 
     async def reload_file(self, path: str | os.PathLike[str]) -> bool:
@@ -279,7 +340,14 @@ class GatewayApp:
                 log.error("reload refused: %s", line)
             self.metrics.config_reloads.labels("failure").inc()
             return False
-        old, self.runtime, self.settings = self.runtime, runtime, settings
+        old = self.runtime
+        if old is not None:
+            runtime.health.inherit(old.health)
+            if old.checks is not None:
+                old.checks.cancel()
+        if self._probe_client is not None:
+            runtime.start_checks(self._probe_client)
+        self.runtime, self.settings = runtime, settings
         for region in set(old.settings.regions if old else ()) - set(settings.regions):
             with contextlib.suppress(KeyError):
                 self.metrics.backend_up.remove(region)
@@ -291,6 +359,21 @@ class GatewayApp:
                 settings.limits.drain_timeout, lambda: self.spawn(old.aclose())
             )
         return True
+
+    # Passive health: what stream mode learns about each region's backend.
+    _PASSIVE_FAILURES = frozenset(
+        {"timeout", "connect", "status_5xx", "mid_stream_timeout", "mid_stream_cut"}
+    )
+
+    def _upstream_answered(self, region: str, code: str, seconds: float) -> None:
+        self.metrics.upstream(region, code, seconds)
+        if code.isdigit() and int(code) < 500 and self.runtime is not None:
+            self.runtime.health.record_success(region)
+
+    def _upstream_failed(self, region: str, reason: str) -> None:
+        self.metrics.failover(region, reason)
+        if reason in self._PASSIVE_FAILURES and self.runtime is not None:
+            self.runtime.health.record_failure(region)
 
     def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run ``work`` in the background, keeping a reference until it is done."""
@@ -379,6 +462,11 @@ class GatewayApp:
                 bearer_token(auth.decode("latin-1") if auth is not None else None)
             )
             outcome.sub = device.sub
+            if runtime.limiters:
+                wait = runtime.limiters[route].take(device.sub)
+                if wait:
+                    self.metrics.rate_limited.labels(route).inc()
+                    raise RateLimited(math.ceil(wait))
             rule = runtime.access.check(device.claims, key)
             address = self._locate_address(runtime, peer, values)
             location, from_header = self._locate(runtime, peer, address, values)
@@ -389,7 +477,7 @@ class GatewayApp:
             decision = runtime.policy.decide(
                 residency=residency,
                 location=location,
-                healthy=runtime.healthy,
+                healthy=runtime.health.healthy,
                 from_header=from_header,
             )
             region = outcome.region = decision.region
@@ -630,7 +718,9 @@ class GatewayApp:
                 body, status = b'{"status":"ok"}', 200
             elif route == "readyz":
                 ready = (
-                    self.runtime is not None and not self.draining and bool(self.runtime.healthy)
+                    self.runtime is not None
+                    and not self.draining
+                    and bool(self.runtime.health.healthy)
                 )
                 status = 200 if ready else 503
                 body = b'{"status":"ready"}' if ready else b'{"status":"not ready"}'

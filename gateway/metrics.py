@@ -130,6 +130,12 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.rate_limited = Counter(
+            "gateway_rate_limited",
+            "Requests refused by the per-device rate limit, by route.",
+            ["route"],
+            registry=registry,
+        )
         self.last_reload = Gauge(
             "gateway_config_last_reload_success_timestamp_seconds",
             "When the configuration was last loaded successfully (Unix time).",
@@ -144,6 +150,8 @@ class Metrics:
         self.build_info.labels(__version__).set(1)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
+        for route in ("binaries", "urls"):
+            self.rate_limited.labels(route)
         self.cache_hit = self.url_cache.labels("hit")
         self.cache_miss = self.url_cache.labels("miss")
         self._auth_failure = {r: self.auth_failures.labels(r) for r in AUTH_FAILURE_REASONS}

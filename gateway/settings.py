@@ -468,15 +468,32 @@ class DeliverySettings(Model):
 
 
 class HealthSettings(Model):
+    # Active checks: a HEAD of a signed URL for ``path`` in every region each
+    # interval; any status below 500 within timeout is up (SPEC §4).
+    active: bool = True
     interval: Duration = 5.0
     timeout: Duration = 2.0
     unhealthy_after: int = Field(2, ge=1)
     healthy_after: int = Field(2, ge=1)
+    path: Annotated[str, Field(pattern=r"^[A-Za-z0-9/._~+=,@-]{1,1024}$")] = "healthcheck"
+    # Passive ejection (stream mode: upstream errors, timeouts, 5xx, cut bodies).
+    ejection_base: Duration = 30.0
+    ejection_max: Duration = 300.0
+    max_ejected_share: float = Field(0.5, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> HealthSettings:
+        if self.interval <= 0 or self.timeout <= 0:
+            raise ValueError("interval and timeout must be positive")
+        if self.ejection_max < self.ejection_base:
+            raise ValueError("ejection_max must be at least ejection_base")
+        return self
 
 
 class LimitsSettings(Model):
     rate_per_device: Rate | None = None
     burst_per_device: int = Field(20, ge=1)
+    rate_limit_entries: int = Field(1_000_000, ge=1)
     max_concurrent_requests: int = Field(2000, ge=1)
     header_timeout: Duration = 10.0
     max_header_bytes: ByteSize = 8192

@@ -258,26 +258,40 @@ def test_untrusted_peer_headers_are_ignored(tmp_path: Path) -> None:
 def test_no_allowed_healthy_region_is_503_never_outside_the_rule(stack: Stack) -> None:
     runtime = stack.app.runtime
     assert runtime is not None
-    saved = runtime.healthy
-    # Health checks arrive in a later version; simulate the eu regions being down.
-    runtime.healthy = frozenset({"us-east", "us-west", "ap-northeast"})
+    health = runtime.health
+    # Active checks report both eu regions down (as two failed rounds would).
+    for _ in range(2):
+        for region in ("eu-central", "eu-west"):
+            health.record_check(region, False)
     try:
+        assert stack.metric("gateway_backend_up", backend="eu-west") == 0
         token = stack.token(claims={"product": "acme-x1", "residency": "eu"})
         with stack.client() as client:
             refused = client.get(BINARY, headers=auth(token))
-            # A device under no rule still fails over to a healthy region.
-            other = client.get(
+            # Sweden is under the eu rule too: refused rather than sent outside the EU.
+            sweden = client.get(
                 BINARY,
                 headers={**auth(stack.token()), "X-Forwarded-For": FIXTURE_NETWORKS["sweden"].ip},
             )
+            # A device under no rule fails over: London's nearest, Dublin, is down.
+            london = client.get(
+                BINARY,
+                headers={**auth(stack.token()), "X-Forwarded-For": FIXTURE_NETWORKS["london"].ip},
+            )
     finally:
-        runtime.healthy = saved
+        for _ in range(2):
+            for region in ("eu-central", "eu-west"):
+                health.record_check(region, True)
     assert refused.status_code == 503
     assert refused.headers["content-type"] == "application/problem+json"
     assert refused.json()["status"] == 503
     assert "location" not in refused.headers
-    # Sweden is under the eu rule too: refused rather than sent outside the EU.
-    assert other.status_code == 503
+    assert sweden.status_code == 503
+    assert london.status_code == 307
+    assert london.headers["x-gateway-region"] not in ("eu-central", "eu-west")
+    record = stack.log_records(london.headers["x-request-id"])
+    assert record["reason"] == "failover"
+    assert stack.metric("gateway_backend_up", backend="eu-west") == 1
 
 
 # --------------------------------------------------------------------------- hostile tokens
