@@ -55,6 +55,8 @@ def write_config(workdir: Path) -> tuple[Path, str]:
         },
         "access": [{"prefix": "firmware/{product}/"}],
         "geo": {"default_region": "eu-central"},
+        # The origins are never contacted in redirect mode; no probes either.
+        "health": {"active": False},
         "regions": {
             # The origins are never contacted in redirect mode.
             "eu-central": {

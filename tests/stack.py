@@ -256,6 +256,9 @@ def running_gateway(
         "auth": {"jwks": str(keys / "jwks.json"), "issuer": ISSUER, "audience": AUDIENCE},
         "access": [{"prefix": "firmware/{product}/"}],
         "regions": regions,
+        # Active health checks would probe the backends' hosts: off unless a
+        # test asks for them, so nothing is ever sent to a non-loopback address.
+        "health": {"active": False},
         **sections,
     }
     settings = parse_settings(config)
