@@ -16,7 +16,8 @@ Shutdown on SIGTERM, in order (uvicorn ``server.py`` does steps 3 to 5):
 5. The lifespan shuts down: background tasks stop, clients and caches close,
    the access log is flushed.
 
-A second SIGTERM or SIGINT skips the wait. SIGHUP reloads the configuration
+A second SIGTERM or SIGINT skips the waiting: requests in flight are cancelled
+and the shutdown goes on in order from step 3. SIGHUP reloads the configuration
 file (see :meth:`gateway.app.GatewayApp.reload`): an invalid file is refused
 with its problems logged, and the running configuration keeps serving.
 """
@@ -150,13 +151,23 @@ class GatewayServer(uvicorn.Server):
             if loop is not None and self.config_path is not None:
                 loop.call_soon_threadsafe(self._schedule_reload)
             return
-        if self.gateway.draining or loop is None:
-            # Second signal, or before startup: stop now.
-            self.should_exit = True
-            if self.gateway.draining:
-                self.force_exit = sig == signal.SIGINT
+        if loop is None:
+            self.should_exit = True  # before startup: nothing to drain
+            return
+        if self.gateway.draining:
+            loop.call_soon_threadsafe(self._hurry)
             return
         loop.call_soon_threadsafe(self._begin_drain)
+
+    def _hurry(self) -> None:
+        """A second signal: stop waiting for requests in flight, but still shut
+        down in order (lifespan shutdown flushes the access log)."""
+        log.info("second signal: cancelling %d request(s) in flight", len(self.server_state.tasks))
+        self.should_exit = True
+        for task in list(self.server_state.tasks):
+            task.cancel()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
 
     def _begin_drain(self) -> None:
         self.gateway.draining = True
