@@ -47,6 +47,7 @@ from gateway.errors import (
 )
 from gateway.geo import GeoIPLocator, Location, location_from_headers
 from gateway.health import RegionHealth, http_probe
+from gateway.jwks import RemoteJWKS
 from gateway.metrics import Metrics
 from gateway.openapi import OPENAPI_JSON
 from gateway.policy import GeoPolicy, Region, Rule
@@ -102,8 +103,11 @@ class Runtime:
         problems: list[str] = []
         self.settings = settings
         self.authenticator: Authenticator | None = None
+        self.jwks: RemoteJWKS | None = None
         try:
-            keys = KeySet.from_file(settings.auth.jwks)
+            remote = settings.auth.jwks_is_url
+            # A JWKS URL is fetched by the lifespan; until then no token passes.
+            keys = KeySet.empty() if remote else KeySet.from_file(settings.auth.jwks)
             revoked = _read_revoked(settings.auth.revoked)
             self.authenticator = Authenticator(
                 keys,
@@ -116,6 +120,14 @@ class Runtime:
                 cache_size=settings.auth.cache_size,
                 clock=clock,
             )
+            if remote:
+                self.jwks = RemoteJWKS(
+                    settings.auth.jwks,
+                    self.authenticator,
+                    refresh=settings.auth.jwks_refresh,
+                    max_stale=settings.auth.jwks_max_stale,
+                    timeout=settings.auth.jwks_timeout,
+                )
         except ConfigError as exc:
             problems.extend(exc.problems)
         self.locator: GeoIPLocator | None = None
@@ -191,7 +203,9 @@ class Runtime:
         metrics.prepare(settings.regions, set(self.backend_kind.values()))
 
     def start_checks(self, client: httpx.AsyncClient) -> None:
-        """Start the active health checks (the lifespan owns the task)."""
+        """Start background work: the JWKS refresh and active health checks."""
+        if self.jwks is not None:
+            self.jwks.start(client)
         health = self.settings.health
         if not health.active or self.checks is not None:
             return
@@ -214,6 +228,8 @@ class Runtime:
         )
 
     async def aclose(self) -> None:
+        if self.jwks is not None:
+            await self.jwks.aclose()
         if self.checks is not None:
             self.checks.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -343,6 +359,8 @@ class GatewayApp:
         old = self.runtime
         if old is not None:
             runtime.health.inherit(old.health)
+            if runtime.jwks is not None and old.jwks is not None:
+                runtime.jwks.inherit(old.jwks)
             if old.checks is not None:
                 old.checks.cancel()
         if self._probe_client is not None:
@@ -458,9 +476,18 @@ class GatewayApp:
             raw_path: bytes = scope.get("raw_path") or path_bytes(scope["path"])
             key = outcome.key = object_key(raw_path[skip:])
             auth = values[_AUTHORIZATION]
-            device = runtime.authenticator.authenticate(  # type: ignore[union-attr]
-                bearer_token(auth.decode("latin-1") if auth is not None else None)
-            )
+            token = bearer_token(auth.decode("latin-1") if auth is not None else None)
+            authenticator = runtime.authenticator
+            assert authenticator is not None
+            try:
+                device = authenticator.authenticate(token)
+            except InvalidToken as exc:
+                # A kid we do not know may be a key the issuer just rotated in.
+                if exc.reason != "unknown_kid" or runtime.jwks is None:
+                    raise
+                if not await runtime.jwks.refetch_for_unknown_kid():
+                    raise
+                device = authenticator.authenticate(token)
             outcome.sub = device.sub
             if runtime.limiters:
                 wait = runtime.limiters[route].take(device.sub)

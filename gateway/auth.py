@@ -282,6 +282,14 @@ class KeySet:
         )
 
     @classmethod
+    def empty(cls) -> KeySet:
+        """A set with no keys: every token is refused (before a remote JWKS loads)."""
+        keys = cls.__new__(cls)
+        keys._keys = MappingProxyType({})
+        keys._fingerprints = frozenset()
+        return keys
+
+    @classmethod
     def from_json(
         cls, data: str | bytes, *, source: str = "JWKS", field: str = "auth.jwks"
     ) -> KeySet:

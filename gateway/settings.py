@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -121,6 +122,15 @@ def resolve_secret(value: object) -> SecretStr:
     return SecretStr(value)
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _file_path(value: object) -> str:
     """A path to a key file; a ``file:`` prefix is accepted (SPEC §4)."""
     if not isinstance(value, str) or not value:
@@ -177,12 +187,24 @@ class AuthSettings(Model):
     revoked: FilePath | None = None
     cache_size: int = Field(100_000, ge=1)
 
+    # A JWKS URL is refreshed this often, and its keys dropped when no refresh
+    # has succeeded for max_stale (fail closed).
+    jwks_refresh: Duration = 600.0
+    jwks_max_stale: Duration = 86400.0
+    jwks_timeout: Duration = 5.0
+
     @field_validator("jwks")
     @classmethod
     def _jwks_source(cls, value: str) -> str:
-        if value.startswith(("https://", "http://")):
-            raise ValueError("a JWKS URL is not supported yet; give a file path")
+        if value.startswith("http://"):
+            host = urlsplit(value).hostname or ""
+            if not _is_loopback(host):
+                raise ValueError("a JWKS URL must be https (plain http only for loopback)")
         return value
+
+    @property
+    def jwks_is_url(self) -> bool:
+        return self.jwks.startswith(("https://", "http://"))
 
     @field_validator("algorithms")
     @classmethod
