@@ -44,6 +44,7 @@ from gateway.errors import (
     NotFound,
     RateLimited,
     Unavailable,
+    UriTooLong,
 )
 from gateway.geo import GeoIPLocator, Location, location_from_headers
 from gateway.health import RegionHealth, http_probe
@@ -67,6 +68,9 @@ log = logging.getLogger("gateway")
 
 BINARIES = "/v1/binaries/"
 URLS = "/v1/urls/"
+# A key is at most 1024 bytes, 3072 percent-encoded; anything far longer is abuse.
+MAX_TARGET_BYTES = 4096
+MAX_HEADER_FIELDS = 100
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@+=/-]{1,128}")
 
 # The request headers the pipeline reads, collected in one pass (slot numbers).
@@ -464,16 +468,23 @@ class GatewayApp:
         try:
             if runtime is None:
                 raise Unavailable("the gateway is not ready")
-            if largest > runtime.max_header_bytes or head_bytes > runtime.max_head_bytes:
+            if (
+                largest > runtime.max_header_bytes
+                or head_bytes > runtime.max_head_bytes
+                or len(scope["headers"]) > MAX_HEADER_FIELDS
+            ):
                 raise HeaderTooLarge(
-                    f"a header field is larger than {runtime.max_header_bytes} bytes, or the "
-                    f"request head larger than {runtime.max_head_bytes}"
+                    f"a header field is larger than {runtime.max_header_bytes} bytes, the "
+                    f"request head larger than {runtime.max_head_bytes}, or there are more "
+                    f"than {MAX_HEADER_FIELDS} header fields"
                 )
             if self.inflight > runtime.max_concurrent:
                 raise Unavailable("too many concurrent requests")
             if method != "GET" and (method != "HEAD" or route != "binaries"):
                 raise MethodNotAllowed("GET, HEAD" if route == "binaries" else "GET")
             raw_path: bytes = scope.get("raw_path") or path_bytes(scope["path"])
+            if len(raw_path) + len(scope.get("query_string", b"")) > MAX_TARGET_BYTES:
+                raise UriTooLong(f"the request target is longer than {MAX_TARGET_BYTES} bytes")
             key = outcome.key = object_key(raw_path[skip:])
             auth = values[_AUTHORIZATION]
             token = bearer_token(auth.decode("latin-1") if auth is not None else None)

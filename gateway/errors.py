@@ -9,6 +9,7 @@ Hierarchy::
     ├── NotEntitled               403  not-entitled
     ├── NotFound                  404  not-found
     ├── MethodNotAllowed          405  method-not-allowed
+    ├── UriTooLong                414  uri-too-long
     ├── RangeNotSatisfiable       416  range-not-satisfiable
     ├── RateLimited               429  rate-limited    (Retry-After)
     ├── HeaderTooLarge            431  header-too-large
@@ -136,6 +137,12 @@ class MethodNotAllowed(GatewayError):
 
     def extra_headers(self) -> Headers:
         return [(b"allow", self.allow.encode())]
+
+
+class UriTooLong(GatewayError):
+    status = 414
+    slug = "uri-too-long"
+    title = "URI too long"
 
 
 class RangeNotSatisfiable(GatewayError):

@@ -617,3 +617,16 @@ def test_max_header_bytes_is_configurable(tmp_path: Path) -> None:
     assert big.status_code == 431
     assert many.status_code == 431  # each field fits, the head (> 4 KiB) does not
     assert fine.status_code == 307
+
+
+def test_request_target_and_header_count_limits(stack: Stack) -> None:
+    status, headers, body = raw_get(stack.base, "/v1/binaries/firmware/" + "a" * 5000)
+    assert status == 414
+    assert headers["content-type"] == "application/problem+json"
+    assert json.loads(body)["status"] == 414
+    many = {f"X-H-{i}": "1" for i in range(101)}
+    with stack.client() as client:
+        response = client.get(BINARY, headers={**auth(stack.token()), **many})
+        fine = client.get(BINARY, headers={**auth(stack.token()), **dict(list(many.items())[:90])})
+    assert response.status_code == 431
+    assert fine.status_code == 307

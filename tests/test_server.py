@@ -259,3 +259,24 @@ def test_sigterm_drains_twenty_streamed_downloads(deployment: Deployment) -> Non
     # New connections are refused once the listeners closed.
     with pytest.raises(httpx.ConnectError):
         httpx.get(deployment.base + "/healthz", timeout=2)
+
+
+def test_revocation_reloads_with_sighup_and_beats_the_token_cache(deployment: Deployment) -> None:
+    revoked = deployment.workdir / "revoked.txt"
+    revoked.write_text("# nobody yet\n")
+    config = deployment.config(["eu-central"], "eu-central")
+    config["auth"]["revoked"] = str(revoked)
+    deployment.write(config)
+    deployment.start()
+    assert deployment.get().status_code == 307  # verified and cached
+    revoked.write_text("dev-1\n")
+    deployment.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if deployment.metric('gateway_config_reloads_total{result="success"}') == 1:
+            break
+        time.sleep(0.05)
+    refused = deployment.get()
+    assert refused.status_code == 401
+    assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+    assert deployment.metric('gateway_auth_failures_total{reason="revoked"}') == 1
