@@ -675,8 +675,8 @@ class GatewayApp:
             outcome.started = result.status != 0
             outcome.status = result.status or outcome.status
             outcome.sent = result.sent
-            if result.regions:
-                outcome.region = result.regions[0]
+            if result.served_by is not None:
+                outcome.region = result.served_by
 
     def _request_id(self, raw: bytes | None) -> str:
         if raw is not None:

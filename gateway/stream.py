@@ -71,6 +71,9 @@ PASSED = frozenset(
 _SINGLE_RANGE = re.compile(r"bytes=(?:(\d{1,19})-(\d{0,19})|-(\d{1,19}))")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _USER_AGENT = f"gateway/{__version__}"
+# An error document from the storage (S3's XML, the origin's problem JSON) is
+# passed on up to this size.
+MAX_ERROR_BODY = 64 * 1024
 
 
 def single_range(value: str | None) -> str | None:
@@ -100,7 +103,8 @@ class StreamResult:
 
     status: int = 0
     sent: int = 0
-    regions: list[str] = field(default_factory=list)
+    regions: list[str] = field(default_factory=list)  # every region asked, in order
+    served_by: str | None = None  # the region whose response head the device got
     aborted: bool = False
 
 
@@ -175,16 +179,29 @@ class Streamer:
         task = asyncio.current_task()
         assert task is not None
 
+        finished = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal finished
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                finished = True
+            await send(message)
+
         async def watch_disconnect() -> None:
             # After the (empty) request body, receive() returns only when the
-            # device disconnects (or the response is complete).
+            # device disconnects -- or when the response is complete, and then
+            # cancelling would interrupt the upstream connection's orderly close
+            # and leak it from the pool.
             while (await receive())["type"] != "http.disconnect":
                 pass
-            task.cancel()
+            if not finished:
+                task.cancel()
 
         watcher = asyncio.create_task(watch_disconnect())
         try:
-            await self._stream(method, regions, sign, request_headers, extra_headers, send, result)
+            await self._stream(
+                method, regions, sign, request_headers, extra_headers, tracked, result
+            )
         except asyncio.CancelledError:
             if watcher.done() and not watcher.cancelled():
                 task.uncancel()
@@ -235,6 +252,7 @@ class Streamer:
                     break
                 budget -= 1
             signed = await sign(region)
+            result.regions.append(region)
             opened = await self._open(region, signed.url, method, headers)
             if isinstance(opened, str):
                 failures.append(opened)
@@ -249,7 +267,7 @@ class Streamer:
                 self._on_failure(region, f"status_{code // 100}xx" if code >= 500 else str(code))
                 continue
             response = opened
-            result.regions.append(region)
+            result.served_by = region
             break
         if response is None:
             if failures and all(f == "not_found" for f in failures):
@@ -270,7 +288,7 @@ class Streamer:
                     "headers": [
                         *out_headers,
                         *extra_headers,
-                        (b"x-gateway-region", result.regions[0].encode()),
+                        (b"x-gateway-region", region.encode()),
                     ],
                 }
             )
@@ -279,15 +297,22 @@ class Streamer:
                 or response.status_code in (204, 304)
                 or response.status_code >= 400
             ):
+                # Read what there is (nothing, or a small error document) so the
+                # upstream connection goes back to the pool; an error document is
+                # passed on up to MAX_ERROR_BODY, never buffered beyond that.
+                body = b""
                 if method != "HEAD" and response.status_code >= 400:
-                    body = await response.aread()
-                    await send({"type": "http.response.body", "body": body})
-                    result.sent = len(body)
+                    async for chunk in response.aiter_raw():
+                        body += chunk
+                        if len(body) >= MAX_ERROR_BODY:
+                            break
                 else:
-                    await send({"type": "http.response.body", "body": b""})
+                    await response.aread()
+                body = body[:MAX_ERROR_BODY]
+                await send({"type": "http.response.body", "body": body})
+                result.sent = len(body)
                 return
             span = _span(response)
-            region = result.regions[-1]
             while True:
                 try:
                     async for chunk in response.aiter_raw():
@@ -334,6 +359,7 @@ class Streamer:
                 "if-range": span.etag or "",
             }
             signed = await sign(region)
+            result.regions.append(region)
             opened = await self._open(region, signed.url, method, resume_headers)
             if isinstance(opened, str):
                 self._on_failure(region, opened)
@@ -353,7 +379,6 @@ class Streamer:
                 if opened.status_code < 500 and opened.status_code != 404:
                     return None
                 continue
-            result.regions.append(region)
             return opened, region, budget
         return None
 
