@@ -16,6 +16,8 @@ Shutdown on SIGTERM, in order (uvicorn ``server.py`` does steps 3 to 5):
 5. The lifespan shuts down: background tasks stop, clients and caches close,
    the access log is flushed.
 
+With ``server.watch_config: true`` a change of the file reloads it too.
+
 A second SIGTERM or SIGINT skips the waiting: requests in flight are cancelled
 and the shutdown goes on in order from step 3. SIGHUP reloads the configuration
 file (see :meth:`gateway.app.GatewayApp.reload`): an invalid file is refused
@@ -41,6 +43,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway.app import GatewayApp
 
 log = logging.getLogger("gateway")
+
+WATCH_INTERVAL = 2.0
 
 
 class _HeadDeadline:
@@ -131,6 +135,33 @@ class GatewayServer(uvicorn.Server):
     async def startup(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
+        if self.config_path is not None:
+            self.gateway.spawn(self._watch_config(self.config_path))
+
+    async def _watch_config(self, path: Path) -> None:
+        """``server.watch_config``: reload when the file changes (opt-in, polled).
+
+        Polling the (mtime, size, inode) every 2 s works on every filesystem,
+        including a Kubernetes ConfigMap volume, whose files are swapped by a
+        symlink rename that inotify on the file itself would miss.
+        """
+
+        def stamp() -> tuple[int, int, int] | None:
+            try:
+                st = path.stat()
+            except OSError:
+                return None
+            return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+        seen = stamp()
+        while not self.should_exit:
+            await asyncio.sleep(WATCH_INTERVAL)
+            if not self.gateway.settings.server.watch_config:
+                continue
+            now = stamp()
+            if now is not None and now != seen:
+                seen = now
+                await self.gateway.reload_file(path)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:

@@ -172,6 +172,8 @@ class ServerSettings(Model):
     # can send the other one itself, and a proxy that does not know it would
     # pass it through untouched.
     forwarded_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
+    # Reload when the config file changes (checked every 2 s), besides SIGHUP.
+    watch_config: bool = False
 
 
 Algorithm = Literal["EdDSA", "ES256", "ES384", "RS256", "PS256"]

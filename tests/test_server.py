@@ -280,3 +280,21 @@ def test_revocation_reloads_with_sighup_and_beats_the_token_cache(deployment: De
     assert refused.status_code == 401
     assert 'error="invalid_token"' in refused.headers["www-authenticate"]
     assert deployment.metric('gateway_auth_failures_total{reason="revoked"}') == 1
+
+
+def test_watch_config_reloads_on_a_file_change(deployment: Deployment) -> None:
+    config = deployment.config(["eu-central", "us-east"], "us-east")
+    config["server"] = {"watch_config": True}
+    deployment.write(config)
+    deployment.start()
+    assert deployment.get().headers["x-gateway-region"] == "us-east"
+    changed = deployment.config(["eu-central", "us-east"], "eu-central")
+    changed["server"] = {"watch_config": True}
+    deployment.write(changed)  # no signal: the file change alone
+    deadline = time.monotonic() + 10
+    region = "us-east"
+    while region != "eu-central" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        region = deployment.get().headers["x-gateway-region"]
+    assert region == "eu-central"
+    assert deployment.metric('gateway_config_reloads_total{result="success"}') == 1

@@ -653,3 +653,45 @@ def test_delivery_per_access_rule(origins: Origins, global_mode: str) -> None:
         assert httpx.get(location, timeout=5).content == FILES[MANUAL]
         # Only the streamed download and the device's own fetch reached the origin.
         assert [r.target.split("?")[0] for r in origins.a.requests] == [f"/{KEY}", f"/{MANUAL}"]
+
+
+def test_concurrency_limit_answers_503_fast_while_health_answers(origins: Origins) -> None:
+    import threading
+
+    origins.a.fault = Fault(stall_after=1000)  # the first download hangs in flight
+    with gateway(origins, "a", limits={"max_concurrent_requests": 1}, read_timeout=5.0) as gw:
+        held: list[int] = []
+
+        def hold() -> None:
+            with (
+                httpx.Client(timeout=10) as client,
+                client.stream(
+                    "GET", f"{gw.base}/v1/binaries/{KEY}",
+                    headers={"Authorization": f"Bearer {gw.token()}"},
+                ) as response,
+            ):  # fmt: skip
+                held.append(response.status_code)
+                with contextlib.suppress(httpx.HTTPError):
+                    for _ in response.iter_raw():
+                        pass
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        deadline = time.monotonic() + 5
+        while not held and time.monotonic() < deadline:
+            time.sleep(0.02)
+        began = time.monotonic()
+        refused = httpx.get(
+            f"{gw.base}/v1/binaries/{KEY}",
+            headers={"Authorization": f"Bearer {gw.token()}"},
+            timeout=10,
+        )
+        refused_in = time.monotonic() - began
+        alive = httpx.get(f"{gw.base}/healthz", timeout=5)
+        metrics = httpx.get(f"{gw.base}/metrics", timeout=5)
+        holder.join(timeout=15)
+    assert held == [200]
+    assert refused.status_code == 503
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused_in < 2.0  # at once, not after the stalled download
+    assert alive.status_code == 200 and metrics.status_code == 200
