@@ -204,6 +204,13 @@ class Runtime:
         self.max_header_bytes = settings.limits.max_header_bytes
         self.max_head_bytes = 4 * settings.limits.max_header_bytes
         self.max_concurrent = settings.limits.max_concurrent_requests
+        # Answers to repeated identical requests (a device polling or retrying):
+        # the same token, key and location inputs give the same decision while
+        # nothing it depends on changed. Dropped with the runtime on reload.
+        self.decisions_max = settings.server.decision_cache_size
+        self.decisions: dict[tuple[Any, ...], _Decided] | None = (
+            {} if self.decisions_max > 0 else None
+        )
         metrics.prepare(settings.regions, set(self.backend_kind.values()))
 
     def start_checks(self, client: httpx.AsyncClient) -> None:
@@ -255,6 +262,28 @@ def _read_revoked(path: str | None) -> frozenset[str]:
             return frozenset(line for line in lines if line)
     except OSError as exc:
         raise ConfigError([f"auth.revoked: cannot read {path}: {exc.strerror}"]) from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    """A redirect or URL answer that may be given again to the same request.
+
+    Valid while the runtime (config, keys, revocation list), the set of healthy
+    regions and the URL's window are the same, and the token has not expired.
+    """
+
+    healthy: frozenset[str]
+    auth_generation: int  # keys and revocations it was verified against
+    valid_until: float
+    sub: str
+    key: str
+    address: str | None
+    region: str
+    reason: str
+    backend: str
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
 
 
 @dataclass(slots=True)
@@ -485,6 +514,44 @@ class GatewayApp:
             raw_path: bytes = scope.get("raw_path") or path_bytes(scope["path"])
             if len(raw_path) + len(scope.get("query_string", b"")) > MAX_TARGET_BYTES:
                 raise UriTooLong(f"the request target is longer than {MAX_TARGET_BYTES} bytes")
+            decisions = runtime.decisions
+            if decisions is not None:
+                # Everything the decision depends on; anything else a client sends
+                # cannot change it, so it cannot be used to poison the entry.
+                dkey = (
+                    raw_path, values[_AUTHORIZATION], values[runtime.forwarded_slot],
+                    values[_CF_LAT], values[_CF_LON], values[_CF_COUNTRY], values[_CFL_COUNTRY],
+                    peer,
+                )  # fmt: skip
+                known = decisions.get(dkey)
+                if (
+                    known is not None
+                    and known.healthy is runtime.health.healthy
+                    and known.auth_generation == runtime.authenticator.generation  # type: ignore[union-attr]
+                    and known.valid_until > self.clock()
+                ):
+                    outcome.sub, outcome.key, address = known.sub, known.key, known.address
+                    outcome.region, outcome.reason = known.region, known.reason
+                    outcome.backend = known.backend
+                    if runtime.limiters:
+                        wait = runtime.limiters[route].take(known.sub)
+                        if wait:
+                            self.metrics.rate_limited.labels(route).inc()
+                            raise RateLimited(math.ceil(wait))
+                    self.metrics.decision(known.region, known.reason)
+                    self.metrics.cache_hit.inc()
+                    self.metrics.decision_cache.inc()
+                    outcome.status = known.status
+                    outcome.sent = len(known.body)
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": known.status,
+                            "headers": [*known.headers, (b"x-request-id", request_id.encode())],
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": known.body})
+                    return
             key = outcome.key = object_key(raw_path[skip:])
             auth = values[_AUTHORIZATION]
             token = bearer_token(auth.decode("latin-1") if auth is not None else None)
@@ -533,22 +600,11 @@ class GatewayApp:
             common = [
                 (b"cache-control", b"no-store"),
                 (b"x-gateway-region", region.encode()),
-                (b"x-request-id", request_id.encode()),
             ]
             if route == "binaries":
+                headers = [(b"location", signed.url.encode()), (b"content-length", b"0"), *common]
+                body = b""
                 outcome.status = 307
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 307,
-                        "headers": [
-                            (b"location", signed.url.encode()),
-                            (b"content-length", b"0"),
-                            *common,
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": b""})
             else:
                 body = json.dumps(
                     {
@@ -560,20 +616,39 @@ class GatewayApp:
                         "backend": outcome.backend,
                     }
                 ).encode()
+                headers = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    *common,
+                ]
                 outcome.status = 200
-                outcome.sent = len(body)
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            *common,
-                        ],
-                    }
+            outcome.sent = len(body)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": outcome.status,
+                    "headers": [*headers, (b"x-request-id", request_id.encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            if decisions is not None:
+                now = self.clock()
+                if len(decisions) >= runtime.decisions_max:
+                    del decisions[next(iter(decisions))]
+                decisions[dkey] = _Decided(
+                    healthy=runtime.health.healthy,
+                    auth_generation=authenticator.generation,
+                    valid_until=min(float(device.exp), runtime.urls.fresh_until(key, signed, now)),
+                    sub=device.sub,
+                    key=key,
+                    address=address,
+                    region=region,
+                    reason=decision.reason,
+                    backend=outcome.backend,
+                    status=outcome.status,
+                    headers=headers,
+                    body=body,
                 )
-                await send({"type": "http.response.body", "body": body})
         except StreamAborted:
             pass  # the response had started: the connection is closed, not ended
         except GatewayError as exc:

@@ -462,6 +462,9 @@ class Authenticator:
         self._leeway = float(leeway)
         self._max_lifetime = float(max_token_lifetime)
         self._revoked = frozenset(revoked)
+        # Bumped whenever keys or revocations change: callers that cache
+        # anything derived from a verification compare it.
+        self.generation = 0
         self._clock = clock
         self._cache: TLRUCache[str, Device] = TLRUCache(
             maxsize=cache_size, ttu=_device_expiry, timer=clock
@@ -499,6 +502,7 @@ class Authenticator:
         so a token signed by a removed key stops working at once."""
         if keys != self._keys:
             self._cache.clear()
+            self.generation += 1
         self._keys = keys
 
     @property
@@ -509,6 +513,7 @@ class Authenticator:
     def set_revoked(self, revoked: frozenset[str]) -> None:
         """Replace the revocation list; applies to cached tokens too (checked on every hit)."""
         self._revoked = frozenset(revoked)
+        self.generation += 1
 
     # -- the hot path
 

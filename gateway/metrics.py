@@ -152,6 +152,11 @@ class Metrics:
             self.config_reloads.labels(result)
         for route in ("binaries", "urls"):
             self.rate_limited.labels(route)
+        self.decision_cache = Counter(
+            "gateway_decision_cache_hits",
+            "Requests answered from the cache of decisions (repeated identical requests).",
+            registry=registry,
+        )
         self.cache_hit = self.url_cache.labels("hit")
         self.cache_miss = self.url_cache.labels("miss")
         self._auth_failure = {r: self.auth_failures.labels(r) for r in AUTH_FAILURE_REASONS}

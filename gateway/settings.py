@@ -174,6 +174,8 @@ class ServerSettings(Model):
     forwarded_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
     # Reload when the config file changes (checked every 2 s), besides SIGHUP.
     watch_config: bool = False
+    # Repeated identical requests answered from a cache of decisions (0: off).
+    decision_cache_size: int = Field(16_384, ge=0)
 
 
 Algorithm = Literal["EdDSA", "ES256", "ES384", "RS256", "PS256"]

@@ -68,6 +68,12 @@ class SignedURLCache:
         index = (int(now) - offset) // self._window
         return index, index * self._window + offset
 
+    def fresh_until(self, key: str, url: SignedURL, now: float) -> float:
+        """Until when ``url`` (issued for ``key`` at ``now``) may be handed out again:
+        the end of its window, and never with less than ``min_remaining`` left."""
+        _, start = self.window_of(key, now)
+        return min(float(start + self._window), float(url.expires_at - self._min_remaining))
+
     async def get(self, region: str, signer: Signer, key: str) -> tuple[SignedURL, bool]:
         """The URL for ``key`` in ``region`` and whether it came from the cache."""
         now = self._clock()

@@ -630,3 +630,28 @@ def test_request_target_and_header_count_limits(stack: Stack) -> None:
         fine = client.get(BINARY, headers={**auth(stack.token()), **dict(list(many.items())[:90])})
     assert response.status_code == 431
     assert fine.status_code == 307
+
+
+def test_repeated_requests_are_answered_from_the_decision_cache(stack: Stack) -> None:
+    token = stack.token("device-poller")
+    london = {**auth(token), "X-Forwarded-For": FIXTURE_NETWORKS["london"].ip}
+    japan = {**auth(token), "X-Forwarded-For": FIXTURE_NETWORKS["japan"].ip}
+    before = stack.metric("gateway_decision_cache_hits_total")
+    with stack.client() as client:
+        first = client.get(BINARY, headers=london)
+        again = client.get(BINARY, headers=london)
+        # Same token and key, another location input: its own decision.
+        elsewhere = client.get(BINARY, headers=japan)
+        urls = client.get(f"/v1/urls/{KEY}", headers=london)
+        urls_again = client.get(f"/v1/urls/{KEY}", headers=london)
+    assert first.headers["location"] == again.headers["location"]
+    assert first.headers["x-gateway-region"] == again.headers["x-gateway-region"] == "eu-west"
+    assert first.headers["x-request-id"] != again.headers["x-request-id"]
+    assert elsewhere.headers["x-gateway-region"] == "ap-northeast"
+    assert urls.json() == urls_again.json()
+    assert stack.metric("gateway_decision_cache_hits_total") == before + 2
+    # The cached answer is logged like any other.
+    record = stack.log_records(again.headers["x-request-id"])
+    assert (record["sub"], record["region"], record["client"], record["status"]) == (
+        "device-poller", "eu-west", FIXTURE_NETWORKS["london"].ip, 307,
+    )  # fmt: skip
