@@ -538,9 +538,10 @@ class GatewayApp:
                         if wait:
                             self.metrics.rate_limited.labels(route).inc()
                             raise RateLimited(math.ceil(wait))
-                    self.metrics.decision(known.region, known.reason)
-                    self.metrics.cache_hit.inc()
-                    self.metrics.decision_cache.inc()
+                    hot = self.metrics.hot
+                    hot.decisions[(known.region, known.reason)] += 1
+                    hot.url_cache["hit"] += 1
+                    hot.decision_cache_hits += 1
                     outcome.status = known.status
                     outcome.sent = len(known.body)
                     await send(
@@ -596,7 +597,7 @@ class GatewayApp:
                 )  # fmt: skip
                 return
             signed, hit = await runtime.urls.get(region, runtime.signers[region], key)
-            (self.metrics.cache_hit if hit else self.metrics.cache_miss).inc()
+            self.metrics.url_cache_result(hit)
             common = [
                 (b"cache-control", b"no-store"),
                 (b"x-gateway-region", region.encode()),
@@ -711,7 +712,7 @@ class GatewayApp:
 
         async def sign(region: str) -> SignedURL:
             signed, hit = await runtime.urls.get(region, runtime.signers[region], key)
-            (self.metrics.cache_hit if hit else self.metrics.cache_miss).inc()
+            self.metrics.url_cache_result(hit)
             return signed
 
         headers: dict[str, str] = {}

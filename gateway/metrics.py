@@ -3,15 +3,25 @@
 Labels are fixed and low-cardinality: never a device id, token, object key or
 URL. Tests pass their own ``CollectorRegistry``. Children for the label values
 known in advance are created at start, so every series appears from the first
-scrape, and the hot path reuses bound children instead of calling
-``.labels()`` per request.
+scrape.
+
+The four series every request touches (requests, request duration, region
+decisions, URL cache results) are counted in plain Python by
+:class:`HotPathCollector` and rendered at scrape time: the gateway serves
+from one event loop per process, so no lock is needed, and a request pays a
+dictionary update instead of prometheus_client's locked increments (about a
+fifth of the cost). The scrape output is the same as with
+``Counter``/``Histogram``.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from gateway import __version__
 
@@ -40,40 +50,82 @@ _DURATION_BUCKETS = (
 _SIGNING_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
 
 
+class HotPathCollector(Collector):
+    """Per-request counters and the request-duration histogram, lock-free."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], int] = {}
+        # route -> per-bucket counts (not cumulative; +Inf last), then the sum.
+        self.durations: dict[str, list[float]] = {}
+        self.decisions: dict[tuple[str, str], int] = {}
+        self.url_cache = {"hit": 0, "miss": 0}
+        self.decision_cache_hits = 0
+        self._bounds = _DURATION_BUCKETS
+
+    def observe(self, route: str, method: str, code: int, seconds: float) -> None:
+        key = (route, method, code)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        counts = self.durations.get(route)
+        if counts is None:
+            counts = self.durations[route] = [0.0] * (len(self._bounds) + 2)
+        counts[bisect_left(self._bounds, seconds)] += 1
+        counts[-1] += seconds
+
+    def collect(self) -> list[Metric]:
+        requests = CounterMetricFamily(
+            "gateway_requests",
+            "HTTP requests answered, by route, method and status code.",
+            labels=["route", "method", "code"],
+        )
+        for (route, method, code), value in sorted(self.requests.items()):
+            requests.add_metric([route, method, str(code)], value)
+        durations = HistogramMetricFamily(
+            "gateway_request_duration_seconds",
+            "Time from request start to the end of the response, by route.",
+            labels=["route"],
+        )
+        for route, counts in sorted(self.durations.items()):
+            buckets, running = [], 0.0
+            for bound, count in zip((*self._bounds, float("inf")), counts[:-1], strict=True):
+                running += count
+                buckets.append((_le(bound), running))
+            durations.add_metric([route], buckets, counts[-1])
+        decisions = CounterMetricFamily(
+            "gateway_region_decisions",
+            "Regions chosen for downloads, by region and why.",
+            labels=["region", "reason"],
+        )
+        for (region, reason), value in sorted(self.decisions.items()):
+            decisions.add_metric([region, reason], value)
+        cache = CounterMetricFamily(
+            "gateway_signed_url_cache",
+            "Signed-URL cache lookups, by result (hit, miss).",
+            labels=["result"],
+        )
+        for result, value in self.url_cache.items():
+            cache.add_metric([result], value)
+        decided = CounterMetricFamily(
+            "gateway_decision_cache_hits",
+            "Requests answered from the cache of decisions (repeated identical requests).",
+        )
+        decided.add_metric([], self.decision_cache_hits)
+        return [requests, durations, decisions, cache, decided]
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
 class Metrics:
     """The gateway's metric families, registered in ``registry``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.requests = Counter(
-            "gateway_requests",
-            "HTTP requests answered, by route, method and status code.",
-            ["route", "method", "code"],
-            registry=registry,
-        )
-        self.request_duration = Histogram(
-            "gateway_request_duration_seconds",
-            "Time from request start to the end of the response, by route.",
-            ["route"],
-            buckets=_DURATION_BUCKETS,
-            registry=registry,
-        )
         self.auth_failures = Counter(
             "gateway_auth_failures",
             "Device tokens refused, by reason.",
             ["reason"],
-            registry=registry,
-        )
-        self.region_decisions = Counter(
-            "gateway_region_decisions",
-            "Regions chosen for downloads, by region and why.",
-            ["region", "reason"],
-            registry=registry,
-        )
-        self.url_cache = Counter(
-            "gateway_signed_url_cache",
-            "Signed-URL cache lookups, by result (hit, miss).",
-            ["result"],
             registry=registry,
         )
         self.signing_duration = Histogram(
@@ -152,17 +204,9 @@ class Metrics:
             self.config_reloads.labels(result)
         for route in ("binaries", "urls"):
             self.rate_limited.labels(route)
-        self.decision_cache = Counter(
-            "gateway_decision_cache_hits",
-            "Requests answered from the cache of decisions (repeated identical requests).",
-            registry=registry,
-        )
-        self.cache_hit = self.url_cache.labels("hit")
-        self.cache_miss = self.url_cache.labels("miss")
+        self.hot = HotPathCollector()
+        registry.register(self.hot)
         self._auth_failure = {r: self.auth_failures.labels(r) for r in AUTH_FAILURE_REASONS}
-        self._requests: dict[tuple[str, str, int], Counter] = {}
-        self._durations: dict[str, Histogram] = {}
-        self._decisions: dict[tuple[str, str], Counter] = {}
         self._signing: dict[str, Histogram] = {}
 
     def prepare(self, regions: Iterable[str], backend_kinds: Iterable[str]) -> None:
@@ -181,15 +225,10 @@ class Metrics:
         self.inflight.set_function(count)
 
     def request(self, route: str, method: str, code: int, seconds: float) -> None:
-        key = (route, method, code)
-        child = self._requests.get(key)
-        if child is None:
-            child = self._requests[key] = self.requests.labels(route, method, str(code))
-        child.inc()
-        hist = self._durations.get(route)
-        if hist is None:
-            hist = self._durations[route] = self.request_duration.labels(route)
-        hist.observe(seconds)
+        self.hot.observe(route, method, code, seconds)
+
+    def url_cache_result(self, hit: bool) -> None:
+        self.hot.url_cache["hit" if hit else "miss"] += 1
 
     def auth_failure(self, reason: str) -> None:
         child = self._auth_failure.get(reason)
@@ -198,11 +237,9 @@ class Metrics:
         child.inc()
 
     def decision(self, region: str, reason: str, amount: int = 1) -> None:
+        decisions = self.hot.decisions
         key = (region, reason)
-        child = self._decisions.get(key)
-        if child is None:
-            child = self._decisions[key] = self.region_decisions.labels(region, reason)
-        child.inc(amount)
+        decisions[key] = decisions.get(key, 0) + amount
 
     def upstream(self, region: str, code: str, seconds: float) -> None:
         self.upstream_requests.labels(region, code).inc()
