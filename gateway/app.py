@@ -50,6 +50,7 @@ from gateway.geo import GeoIPLocator, Location, location_from_headers
 from gateway.health import RegionHealth, http_probe
 from gateway.jwks import RemoteJWKS
 from gateway.metrics import Metrics
+from gateway.metrics_share import SharedMetrics
 from gateway.openapi import OPENAPI_JSON
 from gateway.policy import GeoPolicy, Region, Rule
 from gateway.proxy_headers import TrustedProxies, client_address
@@ -311,6 +312,7 @@ class GatewayApp:
         registry: CollectorRegistry | None = None,
         access_log: AccessLog | None = None,
         clock: Callable[[], float] = time.time,
+        metrics_dir: str | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -321,6 +323,7 @@ class GatewayApp:
         self.draining = False
         self.inflight = 0
         self.metrics.track_inflight(lambda: self.inflight)
+        self.shared = SharedMetrics(self.registry, metrics_dir) if metrics_dir else None
         self._id_prefix = os.urandom(4).hex()
         self._id_counter = itertools.count(1)
         self._flusher: asyncio.Task[None] | None = None
@@ -372,6 +375,9 @@ class GatewayApp:
         self._client = self._probe_client = None
         self.streamer = None
         self.access_log.flush()
+        if self.shared is not None:
+            with contextlib.suppress(OSError):
+                self.shared.publish()  # the last word of this worker's counters
 
     async def reload_file(self, path: str | os.PathLike[str]) -> bool:
         """Reload the configuration file, its keys, GeoIP database and revocation list.
@@ -433,9 +439,14 @@ class GatewayApp:
         task.add_done_callback(self._background.discard)
 
     async def _flush_forever(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(0.2)
             self.access_log.flush()
+            ticks += 1
+            if self.shared is not None and ticks % 5 == 0:
+                with contextlib.suppress(OSError):
+                    self.shared.publish()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -826,7 +837,12 @@ class GatewayApp:
                 raise MethodNotAllowed("GET, HEAD")
             content_type = b"application/json"
             if route == "metrics":
-                body, content_type = generate_latest(self.registry), CONTENT_TYPE_LATEST.encode()
+                exposition = (
+                    self.shared.render()
+                    if self.shared is not None
+                    else generate_latest(self.registry)
+                )
+                body, content_type = exposition, CONTENT_TYPE_LATEST.encode()
                 status = 200
             elif route == "healthz":
                 body, status = b'{"status":"ok"}', 200
@@ -873,6 +889,13 @@ def create_app(
     registry: CollectorRegistry | None = None,
     access_log: AccessLog | None = None,
     clock: Callable[[], float] = time.time,
+    metrics_dir: str | None = None,
 ) -> GatewayApp:
-    """The gateway ASGI app for ``settings``. Keys, GeoIP and signers load at lifespan start."""
-    return GatewayApp(settings, registry=registry, access_log=access_log, clock=clock)
+    """The gateway ASGI app for ``settings``. Keys, GeoIP and signers load at lifespan start.
+
+    ``metrics_dir`` is set by ``gateway serve --workers N``: every worker's
+    metrics are merged there (:mod:`gateway.metrics_share`).
+    """
+    return GatewayApp(
+        settings, registry=registry, access_log=access_log, clock=clock, metrics_dir=metrics_dir
+    )

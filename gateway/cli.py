@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -16,7 +17,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from gateway.errors import ConfigError, GatewayError
-from gateway.settings import CONFIG_ENV, Settings, load_settings, parse_duration, resolve_secret
+from gateway.settings import (
+    CONFIG_ENV,
+    METRICS_DIR_ENV,
+    Settings,
+    load_settings,
+    parse_duration,
+    resolve_secret,
+)
 
 EXIT_PROBLEM = 2
 
@@ -74,16 +82,21 @@ def cmd_serve(args: argparse.Namespace) -> None:
     options = uvicorn_options(settings)
     _log_to_stderr()
     if args.workers > 1:
-        # Workers are separate processes: each loads the same file itself.
+        # Workers are separate processes: each loads the same file itself, and
+        # they share their metrics through a directory that starts empty.
         os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
-        uvicorn.run(
-            "gateway.cli:worker_app",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            **options,
-        )
+        os.environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix="gateway-metrics-")
+        try:
+            uvicorn.run(
+                "gateway.cli:worker_app",
+                factory=True,
+                host=args.host,
+                port=args.port,
+                workers=args.workers,
+                **options,
+            )
+        finally:
+            shutil.rmtree(os.environ[METRICS_DIR_ENV], ignore_errors=True)
     else:
         app = create_app(settings)
         config = server_config(app, host=args.host, port=args.port, **options)
@@ -105,9 +118,13 @@ def _log_to_stderr() -> None:
 def worker_app() -> Any:
     """The app of one ``serve --workers N`` worker process."""
     from gateway.app import create_app
-    from gateway.settings import config_path_from_environment
+    from gateway.settings import config_path_from_environment, metrics_dir_from_environment
 
-    return create_app(load_settings(config_path_from_environment()))
+    _log_to_stderr()
+    return create_app(
+        load_settings(config_path_from_environment()),
+        metrics_dir=metrics_dir_from_environment(),
+    )
 
 
 def cmd_check_config(args: argparse.Namespace) -> None:

@@ -574,6 +574,14 @@ def config_path_from_environment() -> str:
         raise ConfigError([f"{CONFIG_ENV} is not set"]) from None
 
 
+METRICS_DIR_ENV = "GATEWAY_METRICS_DIR"
+
+
+def metrics_dir_from_environment() -> str | None:
+    """The shared metrics directory of a ``gateway serve --workers N`` worker, if any."""
+    return os.environ.get(METRICS_DIR_ENV) or None
+
+
 def load_settings(path: str | os.PathLike[str]) -> Settings:
     """Read and validate a YAML configuration file."""
     try:

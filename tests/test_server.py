@@ -298,3 +298,34 @@ def test_watch_config_reloads_on_a_file_change(deployment: Deployment) -> None:
         region = deployment.get().headers["x-gateway-region"]
     assert region == "eu-central"
     assert deployment.metric('gateway_config_reloads_total{result="success"}') == 1
+
+
+def test_two_workers_sum_their_metrics(deployment: Deployment) -> None:
+    deployment.write(deployment.config(["eu-central", "us-east"], "us-east"))
+    assert deployment.proc is None
+    deployment.proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(deployment.config_path),
+         "--port", str(deployment.port), "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    wait_for_port(deployment.port, 30, deployment.proc)
+    time.sleep(1.0)  # both workers up
+    served_by: set[str] = set()
+    for _ in range(60):
+        # A new connection each time, so the kernel spreads them over the workers.
+        with httpx.Client(timeout=10) as client:
+            r = client.get(
+                deployment.base + BINARY, headers={"Authorization": f"Bearer {deployment.token}"}
+            )
+        assert r.status_code == 307
+        served_by.add(r.headers["x-request-id"].split("-")[0])
+    assert len(served_by) == 2  # request ids carry each worker's prefix
+    time.sleep(1.5)  # every worker has published a snapshot since
+    for _ in range(6):  # whichever worker answers the scrape, the sum is the same
+        with httpx.Client(timeout=10) as client:
+            text = client.get(deployment.base + "/metrics").text
+        line = 'gateway_requests_total{code="307",method="GET",route="binaries"} '
+        assert f"{line}60.0" in text
+        assert 'gateway_backend_up{backend="us-east"} 1.0' in text
+        assert "gateway_build_info{" in text
