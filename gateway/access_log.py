@@ -44,6 +44,21 @@ class AccessLog:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
 
+    @staticmethod
+    def decided(
+        sub: str | None,
+        key: str | None,
+        region: str | None,
+        backend: str | None,
+        reason: str | None,
+        client: str | None,
+    ) -> str:
+        """The encoded fields a decision fixes; a repeated decision reuses them."""
+        return (
+            f'"sub":{_str(sub)},"key":{_str(key)},"region":{_str(region)},'
+            f'"backend":{_str(backend)},"reason":{_str(reason)},"client":{_str(client)}'
+        )
+
     def record(
         self,
         *,
@@ -63,14 +78,40 @@ class AccessLog:
         user_agent: str | None,
         regions: list[str] | None = None,
     ) -> None:
+        """One request's line (SPEC §6)."""
+        self.line(
+            now,
+            request_id,
+            self.decided(sub, key, region, backend, reason, client),
+            method,
+            status,
+            bytes_sent,
+            range_header,
+            duration_s,
+            user_agent,
+            regions,
+        )
+
+    def line(
+        self,
+        now: float,
+        request_id: str,
+        decided: str,
+        method: str,
+        status: int,
+        bytes_sent: int,
+        range_header: str | None,
+        duration_s: float,
+        user_agent: str | None,
+        regions: list[str] | None,
+    ) -> None:
+        """:meth:`record` with the decision's fields already encoded (:meth:`decided`)."""
         # Built by hand with the json module's own C string encoder: the same
         # bytes json.dumps would give for these types, at a third of the cost.
         line = (
-            f'{{"time":"{self._time(now)}","request_id":{_str(request_id)},'
-            f'"sub":{_str(sub)},"key":{_str(key)},"region":{_str(region)},'
-            f'"backend":{_str(backend)},"reason":{_str(reason)},"method":{_str(method)},'
-            f'"status":{int(status)},"bytes":{int(bytes_sent)},"range":{_str(range_header)},'
-            f'"duration_s":{round(duration_s, 6)!r},"client":{_str(client)},'
+            f'{{"time":"{self._time(now)}","request_id":{_str(request_id)},{decided},'
+            f'"method":"{method}","status":{status},"bytes":{bytes_sent},'
+            f'"range":{_str(range_header)},"duration_s":{round(duration_s, 6)!r},'
             f'"user_agent":{_str(user_agent)},"regions":{_regions(regions)}}}'
         )
         self._pending.append(line)

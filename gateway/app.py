@@ -277,11 +277,9 @@ class _Decided:
     auth_generation: int  # keys and revocations it was verified against
     valid_until: float
     sub: str
-    key: str
-    address: str | None
     region: str
     reason: str
-    backend: str
+    logged: str  # the access-log fields it fixes, encoded (AccessLog.decided)
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes
@@ -299,6 +297,7 @@ class _Outcome:
     reason: str | None = None
     sent: int = 0
     started: bool = False  # a streamed response has sent its head
+    logged: str | None = None  # access-log fields from a cached decision
     regions: list[str] | None = None  # every region a streamed download used
 
 
@@ -541,9 +540,7 @@ class GatewayApp:
                     and known.auth_generation == runtime.authenticator.generation  # type: ignore[union-attr]
                     and known.valid_until > self.clock()
                 ):
-                    outcome.sub, outcome.key, address = known.sub, known.key, known.address
-                    outcome.region, outcome.reason = known.region, known.reason
-                    outcome.backend = known.backend
+                    outcome.sub, outcome.logged = known.sub, known.logged
                     if runtime.limiters:
                         wait = runtime.limiters[route].take(known.sub)
                         if wait:
@@ -652,11 +649,11 @@ class GatewayApp:
                     auth_generation=authenticator.generation,
                     valid_until=min(float(device.exp), runtime.urls.fresh_until(key, signed, now)),
                     sub=device.sub,
-                    key=key,
-                    address=address,
                     region=region,
                     reason=decision.reason,
-                    backend=outcome.backend,
+                    logged=AccessLog.decided(
+                        device.sub, key, region, outcome.backend, decision.reason, address
+                    ),
                     status=outcome.status,
                     headers=headers,
                     body=body,
@@ -686,23 +683,22 @@ class GatewayApp:
             self.metrics.request(route, method, outcome.status, elapsed)
             rng = values[_RANGE]
             ua = values[_USER_AGENT]
-            self.access_log.record(
-                now=self.clock(),
-                request_id=request_id,
-                sub=outcome.sub,
-                key=outcome.key,
-                region=outcome.region,
-                backend=outcome.backend,
-                reason=outcome.reason,
-                method=method,
-                status=outcome.status,
-                bytes_sent=outcome.sent,
-                range_header=rng.decode("latin-1")[:200] if rng is not None else None,
-                duration_s=elapsed,
-                client=address,
-                user_agent=ua.decode("latin-1")[:300] if ua is not None else None,
-                regions=outcome.regions,
-            )
+            self.access_log.line(
+                self.clock(),
+                request_id,
+                outcome.logged
+                or AccessLog.decided(
+                    outcome.sub, outcome.key, outcome.region, outcome.backend, outcome.reason,
+                    address,
+                ),
+                method,
+                outcome.status,
+                outcome.sent,
+                rng.decode("latin-1")[:200] if rng is not None else None,
+                elapsed,
+                ua.decode("latin-1")[:300] if ua is not None else None,
+                outcome.regions,
+            )  # fmt: skip
 
     async def _stream(
         self,
