@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
 
-.PHONY: demo test test-servers lint typecheck bench clean
+.PHONY: demo test test-servers lint typecheck bench loadtest clean
 
 $(BIN)/gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,27 @@ lint: $(VENV)/.test-deps
 typecheck: $(VENV)/.test-deps
 	$(BIN)/mypy
 
+# The benchmarks (a few minutes; need wrk: apt-get install wrk). Each prints
+# ratios against a baseline measured in the same run.
 bench: $(VENV)/.test-deps
-	$(BIN)/python loadtests/bench_redirect.py
+	$(BIN)/python -m loadtests.bench_redirect
+	$(BIN)/python -m loadtests.bench_fleet
+	$(BIN)/python -m loadtests.bench_signing
+	$(BIN)/python -m loadtests.bench_memory
+	$(BIN)/python -m loadtests.bench_stream --size-mib 256 --rounds 2
+
+# A fleet load test (Locust) against the demo.
+LOADTEST_DIR ?= .demo
+USERS ?= 50
+SPAWN_RATE ?= 10
+RUN_TIME ?= 60s
+
+loadtest: $(VENV)/.test-deps
+	@$(BIN)/gateway demo --port $(PORT) --dir $(LOADTEST_DIR) > $(LOADTEST_DIR).log 2>&1 & demo=$$!; \
+	trap 'kill -INT $$demo; wait $$demo' EXIT; \
+	for i in $$(seq 150); do curl -fs http://127.0.0.1:$(PORT)/readyz >/dev/null && break; sleep 0.2; done; \
+	$(BIN)/locust -f loadtests/locustfile.py --headless -u $(USERS) -r $(SPAWN_RATE) -t $(RUN_TIME) \
+	    --host http://127.0.0.1:$(PORT) --demo-dir $(LOADTEST_DIR) --only-summary
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .demo .demo.log

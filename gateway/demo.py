@@ -16,6 +16,7 @@ import hashlib
 import os
 import secrets
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -221,5 +222,9 @@ def run_demo(workdir: Path, *, host: str = "127.0.0.1", port: int = 8080) -> Non
         if not server.started:
             raise SystemExit(f"gateway demo: could not listen on {host}:{port}")
 
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; as an
+    # interrupt it unwinds through origins() below, which stops the origin
+    # processes, instead of ending this process with them left running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with origins(workdir, ports):
         asyncio.run(main())

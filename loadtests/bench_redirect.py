@@ -153,9 +153,9 @@ def main() -> None:
                 flush=True,
             )
         print(
-            f"median: baseline {statistics.median(base_rates):.0f} req/s, gateway "
-            f"{statistics.median(gw_rates):.0f} req/s, "
-            f"ratio gateway/baseline = {statistics.median(ratios):.2f}"
+            f"P1 ratio={statistics.median(ratios):.2f} "
+            f"gateway={statistics.median(gw_rates):.0f}/s "
+            f"baseline={statistics.median(base_rates):.0f}/s (median of {args.rounds} rounds)"
         )
 
 

@@ -198,6 +198,24 @@ def test_demo_prints_a_curl_command_that_downloads_the_binary(tmp_path: Path) ->
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout == sample_binaries()[DEMO_KEY]
+    # Stopped with SIGTERM (background() does), the demo takes its origins along.
+    demo_dir = str(tmp_path / "demo")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _processes_mentioning(demo_dir):
+        time.sleep(0.1)
+    assert _processes_mentioning(demo_dir) == []
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in args:
+            found.append(args)
+    return found
 
 
 def test_check_config_accepts_the_example_config() -> None:
