@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from gateway.access import AccessPolicy, object_key
 from gateway.access_log import AccessLog
-from gateway.auth import Authenticator, KeySet, bearer_token
+from gateway.auth import Authenticator, Device, KeySet, bearer_token
 from gateway.errors import (
     ConfigError,
     GatewayError,
@@ -51,6 +51,7 @@ from gateway.health import RegionHealth, http_probe
 from gateway.jwks import RemoteJWKS
 from gateway.metrics import Metrics
 from gateway.metrics_share import SharedMetrics
+from gateway.mtls import ClientCertificates
 from gateway.openapi import OPENAPI_JSON
 from gateway.policy import GeoPolicy, Region, Rule
 from gateway.proxy_headers import TrustedProxies, client_address
@@ -109,6 +110,9 @@ class Runtime:
         self.settings = settings
         self.authenticator: Authenticator | None = None
         self.jwks: RemoteJWKS | None = None
+        self.mtls: ClientCertificates | None = None
+        self.mtls_header = b""
+        self.mtls_required = False
         try:
             remote = settings.auth.jwks_is_url
             # A JWKS URL is fetched by the lifespan; until then no token passes.
@@ -125,6 +129,17 @@ class Runtime:
                 cache_size=settings.auth.cache_size,
                 clock=clock,
             )
+            certificates = settings.auth.client_certificates
+            if certificates is not None:
+                self.mtls = ClientCertificates(
+                    certificates.ca,
+                    subject=certificates.subject,
+                    claims=certificates.claims,
+                    cache_size=settings.auth.cache_size,
+                    clock=clock,
+                )
+                self.mtls_header = certificates.header.encode()
+                self.mtls_required = certificates.mode == "required"
             if remote:
                 self.jwks = RemoteJWKS(
                     settings.auth.jwks,
@@ -524,6 +539,13 @@ class GatewayApp:
             raw_path: bytes = scope.get("raw_path") or path_bytes(scope["path"])
             if len(raw_path) + len(scope.get("query_string", b"")) > MAX_TARGET_BYTES:
                 raise UriTooLong(f"the request target is longer than {MAX_TARGET_BYTES} bytes")
+            certificate: bytes | None = None
+            if runtime.mtls is not None and peer is not None and peer in runtime.trusted:
+                # Only a trusted balancer's word counts: a device could send it too.
+                for name, value in scope["headers"]:
+                    if name == runtime.mtls_header:
+                        certificate = value
+                        break
             decisions = runtime.decisions
             if decisions is not None:
                 # Everything the decision depends on; anything else a client sends
@@ -531,7 +553,7 @@ class GatewayApp:
                 dkey = (
                     raw_path, values[_AUTHORIZATION], values[runtime.forwarded_slot],
                     values[_CF_LAT], values[_CF_LON], values[_CF_COUNTRY], values[_CFL_COUNTRY],
-                    peer,
+                    peer, certificate,
                 )  # fmt: skip
                 known = decisions.get(dkey)
                 if (
@@ -563,18 +585,21 @@ class GatewayApp:
                     return
             key = outcome.key = object_key(raw_path[skip:])
             auth = values[_AUTHORIZATION]
-            token = bearer_token(auth.decode("latin-1") if auth is not None else None)
             authenticator = runtime.authenticator
             assert authenticator is not None
-            try:
-                device = authenticator.authenticate(token)
-            except InvalidToken as exc:
-                # A kid we do not know may be a key the issuer just rotated in.
-                if exc.reason != "unknown_kid" or runtime.jwks is None:
-                    raise
-                if not await runtime.jwks.refetch_for_unknown_kid():
-                    raise
-                device = authenticator.authenticate(token)
+            if runtime.mtls is not None and (auth is None or runtime.mtls_required):
+                device = self._certificate_device(runtime, certificate, auth)
+            else:
+                token = bearer_token(auth.decode("latin-1") if auth is not None else None)
+                try:
+                    device = authenticator.authenticate(token)
+                except InvalidToken as exc:
+                    # A kid we do not know may be a key the issuer just rotated in.
+                    if exc.reason != "unknown_kid" or runtime.jwks is None:
+                        raise
+                    if not await runtime.jwks.refetch_for_unknown_kid():
+                        raise
+                    device = authenticator.authenticate(token)
             outcome.sub = device.sub
             if runtime.limiters:
                 wait = runtime.limiters[route].take(device.sub)
@@ -760,6 +785,29 @@ class GatewayApp:
             outcome.sent = result.sent
             if result.served_by is not None:
                 outcome.region = result.served_by
+
+    @staticmethod
+    def _certificate_device(
+        runtime: Runtime, certificate: bytes | None, auth: bytes | None
+    ) -> Device:
+        """The device from a forwarded client certificate (gateway.mtls)."""
+        assert runtime.mtls is not None and runtime.authenticator is not None
+        if certificate is None:
+            if auth is None:
+                raise InvalidToken("missing", "a bearer token or a client certificate is required")
+            raise InvalidToken("bad_certificate", "a client certificate is required")
+        device = runtime.mtls.device(certificate)
+        if device.sub in runtime.authenticator.revoked:
+            raise InvalidToken("revoked", "this device is revoked")
+        if auth is not None:
+            # required mode with a token too: both must name the same device.
+            token = runtime.authenticator.authenticate(bearer_token(auth.decode("latin-1")))
+            if token.sub != device.sub:
+                raise InvalidToken(
+                    "bad_certificate", "the token and the client certificate name other devices"
+                )
+            return token
+        return device
 
     def _request_id(self, raw: bytes | None) -> str:
         if raw is not None:

@@ -39,6 +39,7 @@ AUTH_FAILURE_REASONS = (
     "bad_audience",
     "lifetime",
     "revoked",
+    "bad_certificate",
 )
 DECISION_REASONS = ("nearest", "residency", "failover", "default", "header")
 

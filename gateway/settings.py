@@ -179,6 +179,20 @@ class ServerSettings(Model):
 
 
 Algorithm = Literal["EdDSA", "ES256", "ES384", "RS256", "PS256"]
+SubjectAttribute = Literal["CN", "O", "OU", "L", "ST", "C", "serialNumber"]
+
+
+class ClientCertificateSettings(Model):
+    """Device identity from a client certificate a trusted load balancer forwards."""
+
+    # AWS ALB: x-amzn-mtls-clientcert; nginx: a header set to $ssl_client_escaped_cert.
+    header: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,64}$")] = "x-amzn-mtls-clientcert"
+    ca: FilePath
+    subject: SubjectAttribute = "CN"
+    claims: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], SubjectAttribute] = {}
+    # alternative: a token or a certificate; required: a certificate always
+    # (and a token, if one comes too, must name the same device).
+    mode: Literal["alternative", "required"] = "alternative"
 
 
 class AuthSettings(Model):
@@ -193,6 +207,7 @@ class AuthSettings(Model):
 
     # A JWKS URL is refreshed this often, and its keys dropped when no refresh
     # has succeeded for max_stale (fail closed).
+    client_certificates: ClientCertificateSettings | None = None
     jwks_refresh: Duration = 600.0
     jwks_max_stale: Duration = 86400.0
     jwks_timeout: Duration = 5.0
