@@ -64,7 +64,11 @@ def require_program(name: str) -> str:
                 found = str(candidate)
                 break
     if found is None:
-        message = f"{name} is not installed (make test-servers)"
+        where = {
+            "nginx": "apt-get install nginx",
+            "promtool": "apt-get install prometheus",
+        }.get(name, "make test-servers")
+        message = f"{name} is not installed ({where})"
         if os.environ.get("GATEWAY_REQUIRE_SERVERS") == "1":
             pytest.fail(message)
         pytest.skip(message)
