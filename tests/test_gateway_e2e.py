@@ -655,3 +655,20 @@ def test_repeated_requests_are_answered_from_the_decision_cache(stack: Stack) ->
     assert (record["sub"], record["region"], record["client"], record["status"]) == (
         "device-poller", "eu-west", FIXTURE_NETWORKS["london"].ip, 307,
     )  # fmt: skip
+
+
+def test_decision_cache_holds_its_bound(tmp_path: Path) -> None:
+    def edit(config: dict[str, Any]) -> None:
+        config["server"]["decision_cache_size"] = 3
+
+    with running_stack(tmp_path, edit) as s, s.client() as client:
+        tokens = [s.token(f"device-{i}") for i in range(10)]
+        for token in tokens:
+            assert client.get(BINARY, headers=auth(token)).status_code == 307
+        runtime = s.app.runtime
+        assert runtime is not None and runtime.decisions is not None
+        assert len(runtime.decisions) == 3
+        # The newest are kept: the last device is answered from the cache.
+        before = s.metric("gateway_decision_cache_hits_total")
+        assert client.get(BINARY, headers=auth(tokens[-1])).status_code == 307
+        assert s.metric("gateway_decision_cache_hits_total") == before + 1
