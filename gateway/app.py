@@ -486,9 +486,11 @@ class GatewayApp:
                 await self._lifespan(receive, send)
             return
         path: str = scope["path"]
-        if path.startswith(BINARIES):
+        # Route on the raw bytes the key is cut from: "/v1/%62inaries/..." is no route.
+        raw: bytes = scope.get("raw_path") or path_bytes(path)
+        if raw.startswith(b"/v1/binaries/"):
             await self._decide(scope, receive, send, "binaries", len(BINARIES))
-        elif path.startswith(URLS):
+        elif raw.startswith(b"/v1/urls/"):
             await self._decide(scope, receive, send, "urls", len(URLS))
         else:
             await self._operational(scope, send, path)
@@ -504,9 +506,16 @@ class GatewayApp:
         head_bytes = 0
         largest = 0
         wanted = _WANTED
+        repeated: set[int] = set()
         for name, value in scope["headers"]:
             slot = wanted.get(name)
             if slot is not None:
+                previous = values[slot]
+                if previous is not None:
+                    repeated.add(slot)
+                    if slot in (_XFF, _FORWARDED):
+                        # RFC 9110 section 5.3: list fields combine in order.
+                        value = previous + b", " + value
                 values[slot] = value
             size = len(value)
             head_bytes += size + len(name)
@@ -534,6 +543,11 @@ class GatewayApp:
                 )
             if self.inflight > runtime.max_concurrent:
                 raise Unavailable("too many concurrent requests")
+            if _AUTHORIZATION in repeated:
+                # A singleton field (RFC 9110 section 5.3): neither line may be used.
+                raise InvalidToken("malformed", "more than one Authorization header")
+            if _RANGE in repeated:
+                values[_RANGE] = None  # an invalid Range is ignored (RFC 9110 section 14.2)
             if method != "GET" and (method != "HEAD" or route != "binaries"):
                 raise MethodNotAllowed("GET, HEAD" if route == "binaries" else "GET")
             raw_path: bytes = scope.get("raw_path") or path_bytes(scope["path"])
@@ -751,16 +765,21 @@ class GatewayApp:
         asked = values[_RANGE]
         forwarded = single_range(asked.decode("latin-1") if asked is not None else None)
         if forwarded is not None:
-            headers["range"] = forwarded
-            if (if_range := values[_IF_RANGE]) is not None and len(if_range) <= 256:
-                headers["if-range"] = if_range.decode("latin-1")
+            if_range = values[_IF_RANGE]
+            if if_range is None:
+                headers["range"] = forwarded
+            elif len(if_range) <= 256 and if_range.isascii():
+                headers["range"] = forwarded
+                headers["if-range"] = if_range.decode("ascii")
+            # else: a condition we will not forward drops its range: the whole entity.
         for slot, name in (
             (_IF_NONE_MATCH, "if-none-match"),
             (_IF_MODIFIED_SINCE, "if-modified-since"),
         ):
             value = values[slot]
-            if value is not None and len(value) <= 1024:
-                headers[name] = value.decode("latin-1")
+            # httpx sends header values as ASCII; obs-text is no valid tag or date.
+            if value is not None and len(value) <= 1024 and value.isascii():
+                headers[name] = value.decode("ascii")
         result = StreamResult()
         outcome.regions = result.regions
         self.metrics.active_streams.inc()

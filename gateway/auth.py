@@ -386,9 +386,15 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidToken("malformed", f"the {name} claim is not a NumericDate")
-    return float(value)
+    try:
+        number = float(value)  # an int beyond float range raises OverflowError
+    except OverflowError:
+        raise InvalidToken("malformed", f"the {name} claim is not a NumericDate") from None
+    if not math.isfinite(number):
+        raise InvalidToken("malformed", f"the {name} claim is not a NumericDate")
+    return number
 
 
 def _freeze(value: Any) -> Any:

@@ -7,15 +7,33 @@ from typing import Any
 
 from gateway import __version__
 
+_C = "A-Za-z0-9_~+=,@-"
+_SEGMENT = rf"(?:[{_C}][.{_C}]*|\.[{_C}][.{_C}]*|\.\.[.{_C}]+)"
 _KEY = {
     "name": "key",
     "in": "path",
     "required": True,
     "description": "Object key, e.g. firmware/acme-x1/1.4.2/rootfs.img (slashes allowed).",
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9/._~+=,@-]{1,1024}$"},
+    # SPEC §3: "/"-separated segments of A-Z a-z 0-9 . _ ~ + = , @ -, none empty,
+    # "." or ".." (a segment may start with a dot only if more than dots follow,
+    # or with ".." if anything follows). No lookarounds: any JSON Schema engine.
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 1024,
+        "pattern": "^" + _SEGMENT + "(?:/" + _SEGMENT + ")*$",
+    },
 }
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
-_ERRORS = {str(code): _PROBLEM for code in (400, 401, 403, 405, 429, 431, 502, 503, 504)}
+_ERRORS = {str(code): _PROBLEM for code in (400, 401, 403, 405, 414, 429, 431, 502, 503, 504)}
+# Stream mode (delivery.mode: stream, or per access rule): the bytes themselves.
+_STREAM = {
+    "200": {"description": "Stream mode: the whole binary."},
+    "206": {"description": "Stream mode: the requested byte range (Content-Range)."},
+    "304": {"description": "Stream mode: not modified (If-None-Match / If-Modified-Since)."},
+    "404": _PROBLEM,
+    "416": _PROBLEM,
+}
 _DECISION_HEADERS = {
     "X-Gateway-Region": {"schema": {"type": "string"}, "description": "The chosen region."},
     "X-Request-ID": {"schema": {"type": "string"}},
@@ -72,13 +90,14 @@ DOCUMENT: dict[str, Any] = {
                             **_DECISION_HEADERS,
                         },
                     },
+                    **_STREAM,
                     **_ERRORS,
                 },
             },
             "head": {
                 "summary": "As GET, without a body.",
                 "security": [{"device": []}],
-                "responses": {"307": {"description": "Redirect."}, **_ERRORS},
+                "responses": {"307": {"description": "Redirect."}, **_STREAM, **_ERRORS},
             },
         },
         "/v1/urls/{key}": {

@@ -71,16 +71,47 @@ class _HeadDeadline:
             transport.close()
 
 
+_HEAD_TOO_LARGE_BODY = (
+    b'{"type":"urn:gateway:problem:header-too-large","title":"Request header fields too '
+    b'large","status":431,"detail":"the request head is too large"}'
+)
+_HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: application/problem+json\r\n"
+    b"content-length: " + str(len(_HEAD_TOO_LARGE_BODY)).encode() + b"\r\n"
+    b"connection: close\r\n\r\n" + _HEAD_TOO_LARGE_BODY
+)
+
+
 class HeadDeadlineHttpTools(_HeadDeadline, HttpToolsProtocol):
+    # httptools has no limit of its own (h11_max_incomplete_event_size is h11's):
+    # count the bytes of each request head and refuse one over the limit before
+    # it is buffered whole.
+    max_head_bytes: int = 4 * 8192 + 1024
+    _head_bytes = 0
+    _in_head = True
+
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self._arm_head_deadline()
 
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_head_bytes:
+                self._in_head = False
+                self.transport.write(_HEAD_TOO_LARGE)
+                self.transport.close()
+                return
+        super().data_received(data)
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._in_head, self._head_bytes = True, 0
         self._arm_head_deadline()
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         self._disarm_head_deadline()
         super().on_headers_complete()
 
@@ -110,7 +141,9 @@ class HeadDeadlineH11(_HeadDeadline, H11Protocol):
         super().connection_lost(exc)
 
 
-def protocol_with_head_deadline(http: str, head_timeout: float) -> type[Any]:
+def protocol_with_head_deadline(
+    http: str, head_timeout: float, max_head_bytes: int = 4 * 8192 + 1024
+) -> type[Any]:
     """The uvicorn HTTP protocol class for ``http`` ("httptools", "h11" or "auto")."""
     if http == "auto":
         try:
@@ -120,7 +153,9 @@ def protocol_with_head_deadline(http: str, head_timeout: float) -> type[Any]:
         except ImportError:  # pragma: no cover - httptools ships with uvicorn[standard]
             http = "h11"
     base: type[Any] = HeadDeadlineHttpTools if http == "httptools" else HeadDeadlineH11
-    return type(base.__name__, (base,), {"head_timeout": head_timeout})
+    return type(
+        base.__name__, (base,), {"head_timeout": head_timeout, "max_head_bytes": max_head_bytes}
+    )
 
 
 class GatewayServer(uvicorn.Server):
@@ -223,7 +258,9 @@ def server_config(app: GatewayApp, *, host: str, port: int, **options: Any) -> u
         app,
         host=host,
         port=port,
-        http=protocol_with_head_deadline(http, limits.header_timeout),
+        http=protocol_with_head_deadline(
+            http, limits.header_timeout, 4 * limits.max_header_bytes + 1024
+        ),
         timeout_graceful_shutdown=max(1, round(limits.drain_timeout)),
         **options,
     )
