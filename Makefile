@@ -46,6 +46,7 @@ typecheck: $(VENV)/.test-deps
 # ratios against a baseline measured in the same run.
 bench: $(VENV)/.test-deps
 	$(BIN)/python -m loadtests.bench_redirect
+	$(BIN)/python -m loadtests.bench_redirect --decision-cache-size 0
 	$(BIN)/python -m loadtests.bench_fleet
 	$(BIN)/python -m loadtests.bench_signing
 	$(BIN)/python -m loadtests.bench_memory

@@ -43,7 +43,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(workdir: Path) -> tuple[Path, str]:
+def write_config(workdir: Path, decision_cache_size: int = 16_384) -> tuple[Path, str]:
     keys = workdir / "keys"
     generate_key("EdDSA", keys, "bench")
     config = {
@@ -54,6 +54,7 @@ def write_config(workdir: Path) -> tuple[Path, str]:
             "algorithms": ["EdDSA"],
         },
         "access": [{"prefix": "firmware/{product}/"}],
+        "server": {"decision_cache_size": decision_cache_size},
         "geo": {"default_region": "eu-central"},
         # The origins are never contacted in redirect mode; no probes either.
         "health": {"active": False},
@@ -130,11 +131,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument(
+        "--decision-cache-size",
+        type=int,
+        default=16_384,
+        help="0 measures the pipeline itself: token cache and URL cache hits, no decision cache",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench_redirect: wrk is not installed (apt-get install wrk)")
     with tempfile.TemporaryDirectory() as tmp:
-        config, token = write_config(Path(tmp))
+        config, token = write_config(Path(tmp), args.decision_cache_size)
         url_path = f"/v1/binaries/{KEY}"
         ratios, base_rates, gw_rates = [], [], []
         for _ in range(args.rounds):
@@ -155,7 +162,8 @@ def main() -> None:
         print(
             f"P1 ratio={statistics.median(ratios):.2f} "
             f"gateway={statistics.median(gw_rates):.0f}/s "
-            f"baseline={statistics.median(base_rates):.0f}/s (median of {args.rounds} rounds)"
+            f"baseline={statistics.median(base_rates):.0f}/s (median of {args.rounds} rounds, "
+            f"decision cache {'on' if args.decision_cache_size else 'off'})"
         )
 
 
