@@ -39,8 +39,8 @@ def load_checked(path: str) -> Settings:
     """Settings whose files (JWKS, GeoIP, revocation list) also load; exits 2 otherwise."""
     from prometheus_client import CollectorRegistry
 
-    from gateway.app import Runtime
     from gateway.metrics import Metrics
+    from gateway.runtime import Runtime
 
     try:
         settings = load_settings(path)
@@ -189,8 +189,8 @@ def cmd_sign(args: argparse.Namespace) -> None:
     from prometheus_client import CollectorRegistry
 
     from gateway.access import object_key
-    from gateway.app import Runtime
     from gateway.metrics import Metrics
+    from gateway.runtime import Runtime
 
     settings = load_checked(args.config)
     region = args.region or settings.default_region
