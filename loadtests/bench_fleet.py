@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import random
-import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import httpx
 import yaml
 
 from gateway.keys import generate_key, issue_token
-from loadtests.bench_redirect import pinned, server
+from loadtests.bench_redirect import run_wrk, server
 
 ROOT = Path(__file__).resolve().parents[1]
 ISSUER = "https://devices.bench.invalid"
@@ -104,17 +102,8 @@ def tokens(workdir: Path, count: int) -> list[str]:
 
 
 def wrk_run(url: str, script: Path, requests_file: Path, seconds: int, connections: int) -> float:
-    argv = pinned(1, [
-        "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url,
-        "--", str(requests_file),
-    ])  # fmt: skip
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    if "Non-2xx or 3xx responses" in out:
-        raise RuntimeError(f"unexpected statuses during the run:\n{out}")
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if match is None:
-        raise RuntimeError(f"cannot read wrk output:\n{out}")
-    return float(match.group(1))
+    args = ["-s", str(script), url, "--", str(requests_file)]
+    return run_wrk(args, seconds=seconds, connections=connections)
 
 
 def metric(base: str, sample: str) -> float:
