@@ -287,14 +287,14 @@ class GatewayApp:
         # Route on the raw bytes the key is cut from: "/v1/%62inaries/..." is no route.
         raw: bytes = scope.get("raw_path") or path_bytes(path)
         if raw.startswith(b"/v1/binaries/"):
-            await self._decide(scope, receive, send, "binaries", len(BINARIES))
+            await self._decide(scope, receive, send, "binaries", raw, len(BINARIES))
         elif raw.startswith(b"/v1/urls/"):
-            await self._decide(scope, receive, send, "urls", len(URLS))
+            await self._decide(scope, receive, send, "urls", raw, len(URLS))
         else:
             await self._operational(scope, send, path)
 
     async def _decide(
-        self, scope: Scope, receive: Receive, send: Send, route: str, skip: int
+        self, scope: Scope, receive: Receive, send: Send, route: str, raw_path: bytes, skip: int
     ) -> None:
         """A download or URL request: the whole pipeline."""
         start = time.perf_counter()
@@ -348,7 +348,6 @@ class GatewayApp:
                 values[_RANGE] = None  # an invalid Range is ignored (RFC 9110 section 14.2)
             if method != "GET" and (method != "HEAD" or route != "binaries"):
                 raise MethodNotAllowed("GET, HEAD" if route == "binaries" else "GET")
-            raw_path: bytes = scope.get("raw_path") or path_bytes(scope["path"])
             if len(raw_path) + len(scope.get("query_string", b"")) > MAX_TARGET_BYTES:
                 raise UriTooLong(f"the request target is longer than {MAX_TARGET_BYTES} bytes")
             certificate: bytes | None = None

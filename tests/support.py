@@ -24,12 +24,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(app: Any, **uvicorn_options: Any) -> Iterator[str]:
-    """Run ``app`` under a real uvicorn server on 127.0.0.1 in a thread; yield its base URL."""
-    port = free_port()
+def serve(app: Any, port: int | None = None, **uvicorn_options: Any) -> Iterator[str]:
+    """Run ``app`` under a real uvicorn server on 127.0.0.1 in a thread; yield its base URL.
+
+    ``port`` fixes the port (to stop a server and start it again on the same one).
+    """
     options: dict[str, Any] = {"log_level": "warning", "access_log": False, "lifespan": "on"}
     options.update(uvicorn_options)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, **options)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port or free_port(), **options)
+    with run_server(config) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def run_server(config: uvicorn.Config) -> Iterator[str]:
+    """Run a uvicorn server built from ``config`` in a thread; yield its base URL."""
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -39,7 +48,7 @@ def serve(app: Any, **uvicorn_options: Any) -> Iterator[str]:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{config.host}:{config.port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)

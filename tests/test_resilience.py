@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,36 +11,15 @@ import httpx
 
 from gateway.origin import create_origin_app
 from tests.stack import KEY, REGIONS, running_gateway, write_origin_roots
-from tests.support import free_port
+from tests.support import free_port, serve
 
 BINARY = f"/v1/binaries/{KEY}"
 SECRET = "resilience-secret-0123456789"
 
 
-@contextlib.contextmanager
-def origin_on(port: int, root: Path) -> Iterator[str]:
+def origin_on(port: int, root: Path) -> contextlib.AbstractContextManager[str]:
     """An origin on a fixed port, so it can be stopped and started again."""
-    import uvicorn
-
-    config = uvicorn.Config(
-        create_origin_app(root, SECRET.encode()),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "origin did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    return serve(create_origin_app(root, SECRET.encode()), port=port)
 
 
 def regions_for(ports: dict[str, int]) -> dict[str, dict[str, Any]]:

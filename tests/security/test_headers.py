@@ -16,14 +16,12 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import uvicorn
 
 from gateway.cli import uvicorn_options
 from gateway.server import server_config
@@ -37,7 +35,7 @@ from tests.security import (
     http,
 )
 from tests.stack import KEY, Stack, running_stack
-from tests.support import free_port
+from tests.support import free_port, run_server
 
 BINARY = f"/v1/binaries/{KEY}"
 GENERATED_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]+")
@@ -265,19 +263,9 @@ def production_server(stack: Stack) -> Iterator[str]:
     """The same app behind the server `gateway serve` builds (gateway.server.server_config
     with gateway.cli.uvicorn_options); lifespan off: the stack's server owns it."""
     options = {**uvicorn_options(stack.app.settings), "lifespan": "off", "log_level": "warning"}
-    port = free_port()
-    server = uvicorn.Server(server_config(stack.app, host="127.0.0.1", port=port, **options))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    config = server_config(stack.app, host="127.0.0.1", port=free_port(), **options)
+    with run_server(config) as base:
+        yield base
 
 
 def test_the_production_server_serves_the_same_answers(
