@@ -11,8 +11,9 @@ hostname (``delivery.mode: stream``). What a firmware client relies on:
   malformed ``Range`` is dropped and the whole entity sent (RFC 9110
   §14.2 allows ignoring it), so no request can make the gateway do
   quadratic work (Apache CVE-2011-3192, Starlette CVE-2025-62727).
-- Bounded memory: one upstream chunk (64 KiB, httpcore's read size) is in
-  flight per download; ``send`` waits while the device's socket is full, so a
+- Bounded memory: at most ``gateway.upstream.HIGH_WATER`` (512 KiB) is read
+  ahead per upstream connection and one chunk (up to 256 KiB) is in flight
+  per download; ``send`` waits while the device's socket is full, so a
   slow device is read from at its own pace.
 - A device that goes away cancels the download: the upstream response is
   closed and its connection returns to (or leaves) the pool.
@@ -44,6 +45,7 @@ import httpx
 from gateway import __version__
 from gateway.errors import BackendError, BackendTimeout, NotFound
 from gateway.signers import SignedURL
+from gateway.upstream import LeanTransport
 
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
@@ -387,12 +389,15 @@ def upstream_client(
     *, connect_timeout: float, read_timeout: float, pool_size: int
 ) -> httpx.AsyncClient:
     """The shared client for stream mode: explicit pool limits and timeouts, no
-    proxies from the environment, no redirects (a signed URL is final)."""
+    proxies from the environment, no redirects (a signed URL is final), over
+    :class:`gateway.upstream.LeanTransport` (cheaper reads than anyio's)."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(
             connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
         ),
-        limits=httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),
+        transport=LeanTransport(
+            httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size)
+        ),
         follow_redirects=False,
         trust_env=False,
     )
