@@ -108,6 +108,7 @@ class StreamResult:
     regions: list[str] = field(default_factory=list)  # every region asked, in order
     served_by: str | None = None  # the region whose response head the device got
     aborted: bool = False
+    finished: bool = False  # the last body message is (being) sent
 
 
 class StreamAborted(Exception):
@@ -181,14 +182,6 @@ class Streamer:
         task = asyncio.current_task()
         assert task is not None
 
-        finished = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal finished
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                finished = True
-            await send(message)
-
         async def watch_disconnect() -> None:
             # After the (empty) request body, receive() returns only when the
             # device disconnects -- or when the response is complete, and then
@@ -196,14 +189,12 @@ class Streamer:
             # and leak it from the pool.
             while (await receive())["type"] != "http.disconnect":
                 pass
-            if not finished:
+            if not result.finished:
                 task.cancel()
 
         watcher = asyncio.create_task(watch_disconnect())
         try:
-            await self._stream(
-                method, regions, sign, request_headers, extra_headers, tracked, result
-            )
+            await self._stream(method, regions, sign, request_headers, extra_headers, send, result)
         except asyncio.CancelledError:
             if watcher.done() and not watcher.cancelled():
                 task.uncancel()
@@ -311,27 +302,35 @@ class Streamer:
                 else:
                     await response.aread()
                 body = body[:MAX_ERROR_BODY]
+                result.finished = True
                 await send({"type": "http.response.body", "body": body})
                 result.sent = len(body)
                 return
             span = _span(response)
             while True:
+                # Bytes are counted per region once a region's part ends, not per
+                # chunk: the metric needs no per-chunk work on this path.
+                before = result.sent
+                failure: httpx.HTTPError | None = None
                 try:
                     async for chunk in response.aiter_raw():
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                         result.sent += len(chunk)
-                        self._on_bytes(region, len(chunk))
-                    break
                 except httpx.HTTPError as exc:
-                    reason = "timeout" if isinstance(exc, httpx.TimeoutException) else "cut"
-                    self._on_failure(region, f"mid_stream_{reason}")
-                    await response.aclose()
-                    resumed = await self._resume(
-                        span, result, remaining, sign, headers, budget, method
-                    )
-                    if resumed is None:
-                        raise StreamAborted("the body could not be completed") from None
-                    response, region, budget = resumed
+                    failure = exc
+                finally:
+                    # Also when the device went away (cancellation) mid-body.
+                    self._on_bytes(region, result.sent - before)
+                if failure is None:
+                    break
+                reason = "timeout" if isinstance(failure, httpx.TimeoutException) else "cut"
+                self._on_failure(region, f"mid_stream_{reason}")
+                await response.aclose()
+                resumed = await self._resume(span, result, remaining, sign, headers, budget, method)
+                if resumed is None:
+                    raise StreamAborted("the body could not be completed") from None
+                response, region, budget = resumed
+            result.finished = True
             await send({"type": "http.response.body", "body": b""})
         finally:
             await response.aclose()
