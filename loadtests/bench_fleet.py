@@ -57,9 +57,9 @@ end
 """
 
 
-def write_config(workdir: Path, regions: int) -> Path:
+def write_config(workdir: Path, regions: int, alg: str = "EdDSA") -> Path:
     keys = workdir / "keys"
-    generate_key("EdDSA", keys, "bench")
+    generate_key(alg, keys, "bench")
     places = {
         "eu-central": [50.11, 8.68],
         "us-east": [39.04, -77.49],
@@ -71,7 +71,7 @@ def write_config(workdir: Path, regions: int) -> Path:
             "jwks": str(keys / "jwks.json"),
             "issuer": ISSUER,
             "audience": AUDIENCE,
-            "algorithms": ["EdDSA"],
+            "algorithms": [alg],
         },
         "access": [{"prefix": "firmware/{product}/"}],
         "regions": {
@@ -120,6 +120,9 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=200)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--cold-tokens", type=int, default=25_000)
+    parser.add_argument(
+        "--alg", default="EdDSA", choices=["EdDSA", "ES256", "RS256"], help="device-token algorithm"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench_fleet: wrk is not installed (apt-get install wrk)")
@@ -131,7 +134,7 @@ def main() -> None:
 
         # P2: one request per fresh token, nothing cached. A run longer than the
         # token list would start reusing tokens: the list is sized for it.
-        config = write_config(workdir / "p2", regions=1)
+        config = write_config(workdir / "p2", regions=1, alg=args.alg)
         cold = tokens(workdir / "p2", args.cold_tokens)
         p2_file = workdir / "p2.tsv"
         p2_file.write_text(
@@ -147,7 +150,7 @@ def main() -> None:
         note = "" if served <= len(cold) else f" (tokens reused after {len(cold)} requests)"
         print(
             f"P2 ratio={gw_rate / base_rate:.2f} gateway={gw_rate:.0f}/s "
-            f"baseline={base_rate:.0f}/s cold_requests={served:.0f}{note}",
+            f"baseline={base_rate:.0f}/s cold_requests={served:.0f} alg={args.alg}{note}",
             flush=True,
         )
 
