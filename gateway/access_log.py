@@ -59,39 +59,6 @@ class AccessLog:
             f'"backend":{_str(backend)},"reason":{_str(reason)},"client":{_str(client)}'
         )
 
-    def record(
-        self,
-        *,
-        now: float,
-        request_id: str,
-        sub: str | None,
-        key: str | None,
-        region: str | None,
-        backend: str | None,
-        reason: str | None,
-        method: str,
-        status: int,
-        bytes_sent: int,
-        range_header: str | None,
-        duration_s: float,
-        client: str | None,
-        user_agent: str | None,
-        regions: list[str] | None = None,
-    ) -> None:
-        """One request's line (SPEC §6)."""
-        self.line(
-            now,
-            request_id,
-            self.decided(sub, key, region, backend, reason, client),
-            method,
-            status,
-            bytes_sent,
-            range_header,
-            duration_s,
-            user_agent,
-            regions,
-        )
-
     def line(
         self,
         now: float,
@@ -105,7 +72,8 @@ class AccessLog:
         user_agent: str | None,
         regions: list[str] | None,
     ) -> None:
-        """:meth:`record` with the decision's fields already encoded (:meth:`decided`)."""
+        """One request's line (SPEC §6); ``decided`` is the decision's fields,
+        encoded by :meth:`decided` (a repeated decision reuses them)."""
         # Built by hand with the json module's own C string encoder: the same
         # bytes json.dumps would give for these types, at a third of the cost.
         line = (

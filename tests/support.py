@@ -84,6 +84,17 @@ def require_program(name: str) -> str:
     return found
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    """Stop a server process the test started: SIGTERM, then SIGKILL after ``timeout``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+
+
 def wait_for_port(
     port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from typing import Any
 
 from gateway.access_log import AccessLog
 
@@ -31,7 +32,19 @@ def record(log: AccessLog, **overrides: object) -> None:
         "user_agent": "curl/8.5",
     }
     values.update(overrides)
-    log.record(**values)  # type: ignore[arg-type]
+    v: dict[str, Any] = values
+    log.line(
+        v["now"],
+        v["request_id"],
+        AccessLog.decided(v["sub"], v["key"], v["region"], v["backend"], v["reason"], v["client"]),
+        v["method"],
+        v["status"],
+        v["bytes_sent"],
+        v["range_header"],
+        v["duration_s"],
+        v["user_agent"],
+        v.get("regions"),
+    )
 
 
 def test_one_json_object_per_line_with_the_spec_fields() -> None:

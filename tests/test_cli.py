@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import yaml
 
 from gateway.auth import Authenticator, KeySet
 from gateway.demo import DEMO_KEY, sample_binaries
-from tests.support import free_port
+from tests.support import free_port, stop_process
 
 GATEWAY = [sys.executable, "-m", "gateway"]
 
@@ -34,13 +33,7 @@ def background(*args: str, env: dict[str, str] | None = None) -> Iterator[subpro
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()

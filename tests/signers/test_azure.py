@@ -20,7 +20,7 @@ from gateway.errors import ConfigError
 from gateway.settings import AzureBackend
 from gateway.signers.azure import SAS_VERSION, AzureSigner, create, sas_string_to_sign
 from tests.stack import FILES, KEY, running_gateway
-from tests.support import free_port, require_program, wait_for_port
+from tests.support import free_port, require_program, stop_process, wait_for_port
 
 # Azurite's well-known development account (documented in Azurite's README).
 ACCOUNT = "devstoreaccount1"
@@ -222,12 +222,7 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 container.upload_blob(name, data)
         yield endpoint
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc, timeout=5)
 
 
 def azurite_signer(endpoint: str) -> AzureSigner:

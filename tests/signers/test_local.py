@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from gateway.settings import LocalBackend, load_settings, parse_settings
 from gateway.signers import SignedURL
 from gateway.signers.local import LocalSigner, create, local_signature
 from tests.stack import running_gateway
-from tests.support import free_port, serve, wait_for_port
+from tests.support import free_port, serve, stop_process, wait_for_port
 
 KEY = "firmware/acme-x1/1.0.0/app.bin"
 DATA = b"local rotation firmware\n" * 512
@@ -180,13 +179,7 @@ def origin_command(tmp_path: Path, *args: str, env: dict[str, str]) -> Iterator[
             raise AssertionError((tmp_path / "origin.log").read_text()) from None
         yield f"http://127.0.0.1:{port}"
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         log.close()
 
 

@@ -56,7 +56,7 @@ from gateway.signers.s3 import (
     object_url_prefix,
 )
 from tests.stack import running_gateway
-from tests.support import free_port, require_program, serve, wait_for_port
+from tests.support import free_port, require_program, serve, stop_process, wait_for_port
 
 FIELD = "regions.eu.backend"
 ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
@@ -804,12 +804,7 @@ def s3rver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3rver]:
             client.close()
         yield S3rver(port)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=10)
         log.close()
 
 
