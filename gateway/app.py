@@ -110,7 +110,7 @@ class _Outcome:
     reason: str | None = None
     sent: int = 0
     started: bool = False  # a streamed response has sent its head
-    logged: str | None = None  # access-log fields from a cached decision
+    logged: str | None = None  # the decision's access-log fields, once encoded
     regions: list[str] | None = None  # every region a streamed download used
 
 
@@ -480,7 +480,11 @@ class GatewayApp:
             if decisions is not None:
                 now = self.clock()
                 if len(decisions) >= runtime.decisions_max:
-                    del decisions[next(iter(decisions))]
+                    decisions.popitem(last=False)
+                # Encoded once: the access-log line below reuses it.
+                logged = outcome.logged = AccessLog.decided(
+                    device.sub, key, region, outcome.backend, decision.reason, address
+                )
                 decisions[dkey] = Decided(
                     healthy=runtime.health.healthy,
                     auth_generation=authenticator.generation,
@@ -488,9 +492,7 @@ class GatewayApp:
                     sub=device.sub,
                     region=region,
                     reason=decision.reason,
-                    logged=AccessLog.decided(
-                        device.sub, key, region, outcome.backend, decision.reason, address
-                    ),
+                    logged=logged,
                     status=outcome.status,
                     headers=headers,
                     body=body,

@@ -16,6 +16,7 @@ private keys stay with whoever issues tokens. Every refusal here is a
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import math
@@ -223,6 +224,14 @@ def _load_private_key(key_pem: Path) -> tuple[PrivateKey, str]:
         data = key_pem.read_bytes()
     except OSError as exc:
         raise ValueError(f"{key_pem}: cannot read: {exc.strerror}") from exc
+    return _parse_private_key(key_pem, data)
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_private_key(key_pem: Path, data: bytes) -> tuple[PrivateKey, str]:
+    # Keyed by the file's bytes, so an edited key file is parsed again. Parsing
+    # an RSA key checks it (about 10 ms): minting a fleet's tokens from one key
+    # must not pay that per token.
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:

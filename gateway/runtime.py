@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -175,8 +176,9 @@ class Runtime:
         # the same token, key and location inputs give the same decision while
         # nothing it depends on changed. Dropped with the runtime on reload.
         self.decisions_max = settings.server.decision_cache_size
-        self.decisions: dict[tuple[Any, ...], Decided] | None = (
-            {} if self.decisions_max > 0 else None
+        # OrderedDict: FIFO eviction in O(1) (see url_cache.SignedURLCache).
+        self.decisions: OrderedDict[tuple[Any, ...], Decided] | None = (
+            OrderedDict() if self.decisions_max > 0 else None
         )
         metrics.prepare(settings.regions, set(self.backend_kind.values()))
 
