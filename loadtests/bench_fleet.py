@@ -3,7 +3,10 @@
 P2  every request carries a token the gateway has not seen (a fleet of new
     devices): throughput against the bare Starlette 307 app of
     ``bench_redirect.py`` serving the same requests, same uvicorn flags,
-    server and wrk pinned to different cores. Goal >= 0.25.
+    server and wrk pinned to different cores. Goal >= 0.25. One line per
+    token algorithm (``--alg``, default all three), each with the cost of
+    one bare signature verification on this CPU and the ``ceiling`` that
+    cost alone allows: baseline time / (baseline time + one verification).
 P4  a fleet of 10,000 devices over 3 regions (each device at its own
     place, via a trusted edge country header) asking for 200 objects
     chosen by a Zipf law: the share of requests that had to sign a URL
@@ -11,6 +14,7 @@ P4  a fleet of 10,000 devices over 3 regions (each device at its own
     Goal <= 1 %.
 
     python -m loadtests.bench_fleet [--seconds 5] [--devices 10000] [--objects 200]
+                                    [--alg EdDSA,ES256,RS256]
 
 Each prints one summary line a script can read (``P2 ratio=...``,
 ``P4 signing_share=...``). Needs ``wrk`` (Debian package ``wrk``).
@@ -19,20 +23,28 @@ Each prints one summary line a script can read (``P2 ratio=...``,
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
+import math
+import os
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
 import yaml
+from jwt.algorithms import get_default_algorithms
 
+from gateway.auth import KeySet
 from gateway.keys import generate_key, issue_token
 from loadtests.bench_redirect import run_wrk, server
 
 ROOT = Path(__file__).resolve().parents[1]
 ISSUER = "https://devices.bench.invalid"
 AUDIENCE = "firmware-gateway"
+ALGORITHMS = ("EdDSA", "ES256", "RS256")
 COUNTRIES = ["DE", "FR", "GB", "SE", "US", "CA", "BR", "JP", "CN", "IN", "AU", "ZA"]
 
 # wrk picks a line of the request file per request (round robin per thread):
@@ -101,6 +113,33 @@ def tokens(workdir: Path, count: int) -> list[str]:
     ]  # fmt: skip
 
 
+def verify_seconds(workdir: Path, sample: list[str]) -> float:
+    """Seconds per bare signature verification (cryptography via PyJWT's algorithm
+    object, nothing else), measured on the server's core: the floor of a cold request."""
+    keys = KeySet.from_file(workdir / "keys" / "jwks.json")
+    key, alg = keys.get("bench") or (None, "")
+    algorithm = get_default_algorithms()[alg]
+    parts = []
+    for token in sample:
+        signing_input, _, signature = token.rpartition(".")
+        raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+        parts.append((signing_input.encode(), raw))
+    affinity = os.sched_getaffinity(0)
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, {0})
+    try:
+        best = math.inf
+        for _ in range(3):
+            began = time.perf_counter()
+            for message, raw_signature in parts:
+                if not algorithm.verify(message, key, raw_signature):
+                    raise RuntimeError("bench_fleet: a benchmark token does not verify")
+            best = min(best, (time.perf_counter() - began) / len(parts))
+    finally:
+        os.sched_setaffinity(0, affinity)
+    return best
+
+
 def wrk_run(url: str, script: Path, requests_file: Path, seconds: int, connections: int) -> float:
     args = ["-s", str(script), url, "--", str(requests_file)]
     return run_wrk(args, seconds=seconds, connections=connections)
@@ -121,9 +160,13 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--cold-tokens", type=int, default=25_000)
     parser.add_argument(
-        "--alg", default="EdDSA", choices=["EdDSA", "ES256", "RS256"], help="device-token algorithm"
+        "--alg", default="EdDSA,ES256,RS256", help="device-token algorithms for P2, comma-separated"
     )
     args = parser.parse_args()
+    algs = [a.strip() for a in args.alg.split(",") if a.strip()]
+    unknown = sorted(set(algs) - set(ALGORITHMS))
+    if unknown or not algs:
+        raise SystemExit(f"bench_fleet: --alg takes {', '.join(ALGORITHMS)} (got {args.alg!r})")
     if shutil.which("wrk") is None:
         raise SystemExit("bench_fleet: wrk is not installed (apt-get install wrk)")
     rng = random.Random(1)
@@ -134,25 +177,30 @@ def main() -> None:
 
         # P2: one request per fresh token, nothing cached. A run longer than the
         # token list would start reusing tokens: the list is sized for it.
-        config = write_config(workdir / "p2", regions=1, alg=args.alg)
-        cold = tokens(workdir / "p2", args.cold_tokens)
-        p2_file = workdir / "p2.tsv"
-        p2_file.write_text(
-            "".join(f"/v1/binaries/firmware/acme-x1/1.0.0/app.bin\t{t}\tDE\n" for t in cold)
-        )
-        with server("baseline", config) as base:
-            base_rate = wrk_run(base + "/", script, p2_file, args.seconds, args.connections)
-        with server("gateway", config) as gw:
-            gw_rate = wrk_run(gw + "/", script, p2_file, args.seconds, args.connections)
-            misses = metric(gw, 'gateway_signed_url_cache_total{result="miss"}')
-            hits = metric(gw, 'gateway_signed_url_cache_total{result="hit"}')
-        served = hits + misses
-        note = "" if served <= len(cold) else f" (tokens reused after {len(cold)} requests)"
-        print(
-            f"P2 ratio={gw_rate / base_rate:.2f} gateway={gw_rate:.0f}/s "
-            f"baseline={base_rate:.0f}/s cold_requests={served:.0f} alg={args.alg}{note}",
-            flush=True,
-        )
+        for alg in algs:
+            p2 = workdir / f"p2-{alg}"
+            config = write_config(p2, regions=1, alg=alg)
+            cold = tokens(p2, args.cold_tokens)
+            p2_file = p2 / "requests.tsv"
+            p2_file.write_text(
+                "".join(f"/v1/binaries/firmware/acme-x1/1.0.0/app.bin\t{t}\tDE\n" for t in cold)
+            )
+            with server("baseline", config) as base:
+                base_rate = wrk_run(base + "/", script, p2_file, args.seconds, args.connections)
+            with server("gateway", config) as gw:
+                gw_rate = wrk_run(gw + "/", script, p2_file, args.seconds, args.connections)
+                misses = metric(gw, 'gateway_signed_url_cache_total{result="miss"}')
+                hits = metric(gw, 'gateway_signed_url_cache_total{result="hit"}')
+            served = hits + misses
+            note = "" if served <= len(cold) else f" (tokens reused after {len(cold)} requests)"
+            verify = verify_seconds(p2, cold[:500])
+            ceiling = (1 / base_rate) / (1 / base_rate + verify)
+            print(
+                f"P2 ratio={gw_rate / base_rate:.2f} alg={alg} gateway={gw_rate:.0f}/s "
+                f"baseline={base_rate:.0f}/s cold_requests={served:.0f} "
+                f"verify={verify * 1e6:.0f}us ceiling={ceiling:.2f}{note}",
+                flush=True,
+            )
 
         # P4: a Zipf fleet over 3 regions.
         config = write_config(workdir / "p4", regions=3)
