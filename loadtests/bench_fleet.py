@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--objects", type=int, default=200)
     parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--cold-tokens", type=int, default=25_000)
+    parser.add_argument("--cold-tokens", type=int, default=40_000)
     parser.add_argument(
         "--alg", default="EdDSA,ES256,RS256", help="device-token algorithms for P2, comma-separated"
     )
