@@ -661,7 +661,8 @@ class Authenticator:
         if not sub:
             raise InvalidToken("missing_claim", "the sub claim is empty")
         exp = _numeric_date(claims, "exp")
-        assert exp is not None  # checked above
+        if exp is None:  # refused above already; kept for the type checker
+            raise InvalidToken("missing_claim", "the exp claim is missing")
         nbf = _numeric_date(claims, "nbf")
         iat = _numeric_date(claims, "iat")
 
