@@ -36,7 +36,7 @@ miss, and there PyJWT's decode spent about 35 us of its own per token on top
 of the signature (a per-character alphabet check of each segment, option
 merging, a second header parse). That is half again the cost of an ES256
 verify. So the compact form is checked once by a regex, the header by
-:func:`_decode_header`, the signature by PyJWT's own algorithm object for the
+:func:`_json_object`, the signature by PyJWT's own algorithm object for the
 key's alg (``jwt.algorithms``: hashing, padding and the JWS signature
 encodings stay PyJWT's), and the claims here, in the same order and with the
 same answers as ``jwt.decode``; ``tests/security/test_jwt_differential.py``
@@ -124,7 +124,8 @@ _EC_CURVES: dict[str, tuple[ec.EllipticCurve, str, int]] = {
 }
 _RSA_ALGORITHMS = frozenset({"RS256", "PS256"})
 
-# PyJWT's implementation of each JWS algorithm we allow (RFC 7518 section 3).
+# PyJWT's implementation of each JWS algorithm we allow (RFC 7518 section 3):
+# it owns the signature encodings, e.g. ECDSA's raw r||s (section 3.4).
 _JWS_ALGORITHMS: Mapping[str, Algorithm] = MappingProxyType(
     {name: alg for name, alg in get_default_algorithms().items() if name in SUPPORTED_ALGORITHMS}
 )
@@ -378,9 +379,7 @@ def bearer_token(authorization: str | None) -> str:
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result = dict(pairs)
     if len(result) != len(pairs):
-        # RFC 7515 section 4: names MUST be unique; refusing is the safe choice
-        # (no two parsers can then disagree about which value counts).
-        raise ValueError("duplicate header parameter")
+        raise ValueError("a member name is repeated")
     return result
 
 
@@ -389,17 +388,21 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _STRICT_JSON = json.JSONDecoder(object_pairs_hook=_reject_duplicates)
 
 
-def _decode_header(segment: str) -> dict[str, Any]:
+def _json_object(segment: str, what: str) -> dict[str, Any]:
+    """The JSON object in a base64url segment (``what``: "header" or "payload")."""
     raw = _segment(segment)
     if raw is None:
-        raise InvalidToken("malformed", "the token header is not base64url")
+        raise InvalidToken("malformed", f"the token {what} is not base64url")
     try:
-        header = _STRICT_JSON.decode(raw.decode("utf-8"))
+        # Repeated names are refused (RFC 7515 section 4 for the header, RFC
+        # 7519 section 4 for claims): no two parsers can then read one token
+        # differently.
+        value = _STRICT_JSON.decode(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSON errors too
-        raise InvalidToken("malformed", "the token header is not JSON") from exc
-    if not isinstance(header, dict):
-        raise InvalidToken("malformed", "the token header is not a JSON object")
-    return header
+        raise InvalidToken("malformed", f"the token {what} is not JSON") from exc
+    if not isinstance(value, dict):
+        raise InvalidToken("malformed", f"the token {what} is not a JSON object")
+    return value
 
 
 def _segment(text: str) -> bytes | None:
@@ -418,21 +421,6 @@ def _segment(text: str) -> bytes | None:
     if base64.urlsafe_b64encode(raw).rstrip(b"=") != text.encode("ascii"):
         return None
     return raw
-
-
-def _decode_claims(segment: str) -> dict[str, Any]:
-    raw = _segment(segment)
-    if raw is None:
-        raise InvalidToken("malformed", "the token payload is not base64url")
-    try:
-        # RFC 7519 section 4: claim names MUST be unique; refusing duplicates is
-        # the choice that leaves no parser disagreement to exploit.
-        claims = _STRICT_JSON.decode(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:
-        raise InvalidToken("malformed", "the token payload is not JSON") from exc
-    if not isinstance(claims, dict):
-        raise InvalidToken("malformed", "the token payload is not a JSON object")
-    return claims
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
@@ -531,10 +519,6 @@ class Authenticator:
         )
         self._hits = 0
         self._misses = 0
-        # The signature is checked by PyJWT's algorithm for the key's alg (it
-        # owns the JWS encodings, e.g. ECDSA's raw r||s, RFC 7518 section 3.4).
-        # Parsing and the claim checks are ours: see _verify for why.
-        self._verifiers = {name: _JWS_ALGORITHMS[name] for name in self._algorithms}
 
     # -- configuration that may change at reload without losing the cache
 
@@ -594,7 +578,8 @@ class Authenticator:
             raise InvalidToken("malformed", f"the token exceeds {MAX_TOKEN_LENGTH} characters")
         if not _COMPACT_JWS.fullmatch(token):
             raise InvalidToken("malformed", "not a JWT (three base64url segments)")
-        header = _decode_header(token[: token.index(".")])
+        header_b64, payload_b64, signature_b64 = token.split(".")
+        header = _json_object(header_b64, "header")
 
         # RFC 8725 section 3.1: never accept "none", whatever its spelling.
         alg = header.get("alg")
@@ -621,17 +606,17 @@ class Authenticator:
         # RFC 7515 section 5.2: the signature covers the ASCII of the first two
         # segments, so it is checked before the payload is even decoded; an
         # unauthenticated client cannot make us parse its claims.
-        signing_input, _, signature_b64 = token.rpartition(".")
         signature = _segment(signature_b64)
         if signature is None:
             raise InvalidToken("malformed", "the token signature is not base64url")
+        signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
         try:
-            valid = self._verifiers[key_alg].verify(signing_input.encode("ascii"), key, signature)
+            valid = _JWS_ALGORITHMS[key_alg].verify(signing_input, key, signature)
         except (ValueError, TypeError):
             valid = False
         if not valid:
             raise InvalidToken("bad_signature", "signature verification failed")
-        claims = _decode_claims(signing_input[signing_input.index(".") + 1 :])
+        claims = _json_object(payload_b64, "payload")
 
         # The claim checks, in the order PyJWT's decode makes them (the
         # differential test in tests/security/test_jwt_differential.py holds
@@ -639,13 +624,9 @@ class Authenticator:
         sub = claims.get("sub")
         if claims.get("exp") is None or sub is None:
             raise InvalidToken("missing_claim", "the exp or sub claim is missing")
-        if "iss" not in claims:
-            raise InvalidToken("bad_issuer", "the iss claim is missing")
-        if claims["iss"] != self._issuer:
-            raise InvalidToken("bad_issuer", "iss is not the configured issuer")
+        if claims.get("iss") != self._issuer:
+            raise InvalidToken("bad_issuer", "iss is missing or not the configured issuer")
         aud = claims.get("aud")
-        if aud is None:
-            raise InvalidToken("bad_audience", "the aud claim is missing")
         audiences = [aud] if isinstance(aud, str) else aud
         if (
             not isinstance(audiences, list)

@@ -116,8 +116,10 @@ def tokens(workdir: Path, count: int) -> list[str]:
 def verify_seconds(workdir: Path, sample: list[str]) -> float:
     """Seconds per bare signature verification (cryptography via PyJWT's algorithm
     object, nothing else), measured on the server's core: the floor of a cold request."""
-    keys = KeySet.from_file(workdir / "keys" / "jwks.json")
-    key, alg = keys.get("bench") or (None, "")
+    entry = KeySet.from_file(workdir / "keys" / "jwks.json").get("bench")
+    if entry is None:
+        raise RuntimeError("bench_fleet: the benchmark key set has no kid 'bench'")
+    key, alg = entry
     algorithm = get_default_algorithms()[alg]
     parts = []
     for token in sample:

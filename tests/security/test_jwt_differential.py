@@ -214,7 +214,7 @@ def test_tampering_agrees(alg: str) -> None:
     assert agree(f"{header}.{payload}.{b64(bytes(raw))}")[0] == "bad_signature"
     other = b64(json.dumps(good_claims(sub="device-0002")).encode())
     assert agree(f"{header}.{other}.{signature}")[0] == "bad_signature"
-    assert agree(f"{header}.{payload}.{b64(bytes(raw[:-1]))}")[0] in {"bad_signature"}
+    assert agree(f"{header}.{payload}.{b64(bytes(raw[:-1]))}")[0] == "bad_signature"
 
 
 @pytest.mark.parametrize("alg", sorted(PRIVATE))
