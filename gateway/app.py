@@ -52,7 +52,7 @@ from gateway.metrics import Metrics
 from gateway.metrics_share import SharedMetrics
 from gateway.openapi import OPENAPI_JSON
 from gateway.proxy_headers import client_address
-from gateway.runtime import Decided, Runtime
+from gateway.runtime import HEADER_LOCATIONS_MAX, Decided, Runtime
 from gateway.settings import Settings, load_settings
 from gateway.signers import SignedURL
 from gateway.stream import StreamAborted, Streamer, StreamResult, single_range, upstream_client
@@ -90,6 +90,9 @@ _WANTED = {
     b"if-none-match": _IF_NONE_MATCH,
     b"if-modified-since": _IF_MODIFIED_SINCE,
 }
+# A memo miss (None is a remembered answer: no usable header).
+_UNSEEN: Any = object()
+
 _GEO_SLOTS = (
     ("cloudfront-viewer-latitude", _CF_LAT),
     ("cloudfront-viewer-longitude", _CF_LON),
@@ -654,15 +657,21 @@ class GatewayApp:
     ) -> tuple[Location | None, bool]:
         """The device's location and whether it came from a trusted edge header."""
         if runtime.geo_headers and peer is not None and peer in runtime.trusted:
-            present = {
-                name: value.decode("latin-1")
-                for name, slot in _GEO_SLOTS
-                if (value := values[slot]) is not None
-            }
-            if present:
-                location = location_from_headers(present, runtime.geo_headers)
-                if location is not None:
-                    return location, True
+            seen = (values[_CF_LAT], values[_CF_LON], values[_CF_COUNTRY], values[_CFL_COUNTRY])
+            memo = runtime.header_locations
+            location = memo.get(seen, _UNSEEN)
+            if location is _UNSEEN:
+                present = {
+                    name: value.decode("latin-1")
+                    for name, slot in _GEO_SLOTS
+                    if (value := values[slot]) is not None
+                }
+                location = location_from_headers(present, runtime.geo_headers) if present else None
+                if len(memo) >= HEADER_LOCATIONS_MAX:
+                    memo.clear()
+                memo[seen] = location
+            if location is not None:
+                return location, True
         if runtime.locator is not None and address is not None:
             return runtime.locator.lookup(address), False
         return None, False

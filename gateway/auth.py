@@ -52,12 +52,12 @@ import math
 import os
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeAlias
 
-from cachetools import TLRUCache
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -405,22 +405,36 @@ def _json_object(segment: str, what: str) -> dict[str, Any]:
     return value
 
 
+# RFC 4648 section 5 is section 4's alphabet with "-" and "_" for "+" and "/".
+_URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+# The padding a segment of each length (mod 4) leaves out (RFC 7515 section 2).
+_PADDING = {0: b"", 2: b"==", 3: b"="}
+# RFC 4648 section 3.5: the last character of a segment 2 (or 3) characters past
+# a 4-character boundary carries 4 (or 2) unused low bits; canonical means zero.
+_CANONICAL_LAST = {
+    0: None,
+    2: frozenset("AQgw"),
+    3: frozenset("AEIMQUYcgkosw048"),
+}
+
+
 def _segment(text: str) -> bytes | None:
     """Decode one base64url segment of a compact JWS, or None when it is not one.
 
-    RFC 7515 section 2: base64url without padding. Only the canonical spelling
-    is accepted (the unused low bits of the last character must be zero), so
-    one signature has exactly one token string, as PyJWT also insists.
+    ``text`` has passed the ``_COMPACT_JWS`` match, so it is all base64url
+    alphabet. RFC 7515 section 2: no padding. Only the canonical spelling is
+    accepted (the unused low bits of the last character must be zero), so one
+    signature has exactly one token string, as PyJWT also insists.
     """
-    if len(text) % 4 == 1:
+    rest = len(text) % 4
+    if rest == 1:
         return None
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
+    last = _CANONICAL_LAST[rest]
+    if last is not None and text[-1] not in last:
         return None
-    if base64.urlsafe_b64encode(raw).rstrip(b"=") != text.encode("ascii"):
-        return None
-    return raw
+    return binascii.a2b_base64(
+        text.encode("ascii").translate(_URLSAFE_TO_STANDARD) + _PADDING[rest]
+    )
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
@@ -447,10 +461,18 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-def _device_expiry(_token: str, device: Device, _now: float) -> float:
-    # RFC 7519 section 4.1.4: the token MUST NOT be accepted on or after exp; the
-    # cache holds an entry while timer() < expires, i.e. strictly before exp.
-    return device.exp
+def _freeze_claims(claims: dict[str, Any]) -> Mapping[str, Any]:
+    # The payload dict was just parsed and nobody else holds it: the top level
+    # is wrapped in place rather than copied; nested values are frozen copies.
+    for name, value in claims.items():
+        if isinstance(value, dict | list):
+            claims[name] = _freeze(value)  # same keys: iterating stays valid
+    return MappingProxyType(claims)
+
+
+# A fleet's tokens share a few headers (one per signing key), so each distinct
+# header segment is parsed once; the bound keeps junk headers from growing it.
+_HEADER_CACHE_SIZE = 64
 
 
 class Authenticator:
@@ -514,9 +536,14 @@ class Authenticator:
         # anything derived from a verification compare it.
         self.generation = 0
         self._clock = clock
-        self._cache: TLRUCache[str, Device] = TLRUCache(
-            maxsize=cache_size, ttu=_device_expiry, timer=clock
-        )
+        # Verified tokens, least recently used first; an entry is good while
+        # clock() < device.exp (RFC 7519 section 4.1.4: never on or after exp).
+        # An OrderedDict rather than cachetools' TLRUCache: with every request a
+        # new device, its insert (a heap push and a linked node in Python) was
+        # a measurable share of a cold request.
+        self._cache: OrderedDict[str, Device] = OrderedDict()
+        self._cache_size = cache_size
+        self._headers: dict[str, dict[str, Any]] = {}
         self._hits = 0
         self._misses = 0
 
@@ -552,18 +579,24 @@ class Authenticator:
 
         Raises :class:`InvalidToken`; its ``reason`` is one of :data:`FAILURE_REASONS`.
         """
-        device = self._cache.get(token)
+        cache = self._cache
+        device = cache.get(token)
         if device is not None:
-            self._hits += 1
-            self._check_revoked(device)
-            return device
+            if self._clock() < device.exp:
+                cache.move_to_end(token)
+                self._hits += 1
+                self._check_revoked(device)
+                return device
+            del cache[token]
         self._misses += 1
         device = self._verify(token)
         self._check_revoked(device)
-        if self._cache.maxsize:
-            # Only successes are cached; an entry leaves at the token's exp (or
-            # earlier, by LRU, when the cache is full).
-            self._cache[token] = device
+        # Only successes are cached, and only before their exp; an entry leaves
+        # at the token's exp, or earlier (least recently used) when full.
+        if self._cache_size and self._clock() < device.exp:
+            if len(cache) >= self._cache_size:
+                cache.popitem(last=False)
+            cache[token] = device
         return device
 
     def _check_revoked(self, device: Device) -> None:
@@ -579,7 +612,12 @@ class Authenticator:
         if not _COMPACT_JWS.fullmatch(token):
             raise InvalidToken("malformed", "not a JWT (three base64url segments)")
         header_b64, payload_b64, signature_b64 = token.split(".")
-        header = _json_object(header_b64, "header")
+        header = self._headers.get(header_b64)
+        if header is None:
+            header = _json_object(header_b64, "header")
+            if len(self._headers) >= _HEADER_CACHE_SIZE:
+                self._headers.clear()
+            self._headers[header_b64] = header
 
         # RFC 8725 section 3.1: never accept "none", whatever its spelling.
         alg = header.get("alg")
@@ -666,7 +704,7 @@ class Authenticator:
 
         jti = claims.get("jti")
         try:
-            frozen = _freeze(claims)
+            frozen = _freeze_claims(claims)
         except RecursionError as exc:
             raise InvalidToken("malformed", "the token's claims are nested too deeply") from exc
         return Device(
@@ -680,8 +718,11 @@ class Authenticator:
 
     def cache_info(self) -> CacheInfo:
         """Hits, misses, capacity and current number of cached (unexpired) tokens."""
-        self._cache.expire()
-        return CacheInfo(self._hits, self._misses, int(self._cache.maxsize), len(self._cache))
+        now = self._clock()
+        cache = self._cache
+        for token in [t for t, device in cache.items() if not now < device.exp]:
+            del cache[token]
+        return CacheInfo(self._hits, self._misses, self._cache_size, len(cache))
 
     @property
     def cached_tokens(self) -> int:

@@ -24,13 +24,16 @@ trusted edge header; ``nearest`` when it came from GeoIP.
 from __future__ import annotations
 
 import math
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Container, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway.errors import NoRegionAvailable, NotEntitled
 from gateway.geo import Location
 
 _EARTH_RADIUS_KM = 6371.0088
+
+# How many decisions GeoPolicy remembers (see GeoPolicy.decide); cleared when full.
+_MEMO_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,8 @@ class GeoPolicy:
             rule: self._default_first(allowed)
             for rule, allowed in [(None, self._all), *self._rule_regions.items()]
         }
+        self._memo: dict[Hashable, Decision] = {}
+        self._memo_healthy: frozenset[str] | None = None
         self._by_country: dict[str, str] = {}
         self._by_continent: dict[str, str] = {}
         for name, rule in rules.items():
@@ -126,6 +131,34 @@ class GeoPolicy:
     ) -> Decision:
         """The region for one download. Raises NoRegionAvailable or NotEntitled."""
         rule = self.rule_for(residency, location)
+        # A fleet sits at a few hundred places (country centroids, GeoIP cities),
+        # so decisions repeat: for one frozenset of healthy regions (the health
+        # tracker builds a new one on every change) a rule and a place always
+        # give the same Decision. Any other container is not remembered: it
+        # could change in place.
+        if type(healthy) is not frozenset:
+            return self._decide(rule, location, healthy, from_header)
+        if healthy is not self._memo_healthy:
+            self._memo = {}
+            self._memo_healthy = healthy
+        key = (rule, None, None, False) if location is None else (
+            rule, location.latitude, location.longitude, from_header
+        )  # fmt: skip
+        decision = self._memo.get(key)
+        if decision is None:
+            decision = self._decide(rule, location, healthy, from_header)
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = decision
+        return decision
+
+    def _decide(
+        self,
+        rule: str | None,
+        location: Location | None,
+        healthy: Container[str],
+        from_header: bool,
+    ) -> Decision:
         if location is None:
             ranked = self._unlocated[rule]
             preferred = "default" if rule is None else "residency"

@@ -17,11 +17,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from gateway.auth import (
+    _HEADER_CACHE_SIZE,
     FAILURE_REASONS,
     MAX_TOKEN_LENGTH,
     Authenticator,
     Device,
     KeySet,
+    _segment,
     bearer_token,
 )
 from gateway.errors import ConfigError, InvalidToken
@@ -594,6 +596,59 @@ def test_cache_is_bounded(make_authn: Callable[..., Authenticator], keys: Keys) 
     assert authn.cached_tokens == 2
     authn.authenticate(tokens[0])  # evicted (least recently used): verified again
     assert authn.cache_info().hits == 0
+
+
+def test_cache_keeps_the_recently_used(
+    make_authn: Callable[..., Authenticator], keys: Keys
+) -> None:
+    authn = make_authn(cache_size=2)
+    first, second, third = (sign(keys.signers["EdDSA"], claims(jti=f"j{i}")) for i in range(3))
+    authn.authenticate(first)
+    authn.authenticate(second)
+    authn.authenticate(first)  # a hit: now the most recently used
+    authn.authenticate(third)  # full: the least recently used (second) leaves
+    assert authn.cache_info()[:2] == (1, 3)
+    authn.authenticate(first)
+    assert authn.cache_info()[:2] == (2, 3)
+    authn.authenticate(second)
+    assert authn.cache_info()[:2] == (2, 4)
+
+
+def test_parsed_headers_are_remembered_within_a_bound(authn: Authenticator, keys: Keys) -> None:
+    # Each distinct header is parsed once; a client sending many cannot grow the memory.
+    signer = keys.signers["ES256"]
+    for i in range(3 * _HEADER_CACHE_SIZE):
+        assert authn.authenticate(sign(signer, claims(), x=i)).sub == "device-0042"
+        assert len(authn._headers) <= _HEADER_CACHE_SIZE
+    # A remembered header does not outlive its key.
+    token = sign(signer, claims(jti="late"))
+    authn.authenticate(token)
+    document = json.loads(keys.jwks.read_text())
+    document["keys"] = [k for k in document["keys"] if k["kid"] != signer.kid]
+    authn.set_keys(KeySet(document))
+    assert reason(authn, sign(signer, claims(jti="later"))) == "unknown_kid"
+
+
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _segment_by_the_rfc(text: str) -> bytes | None:
+    # RFC 7515 section 2 / RFC 4648 section 5, the slow way: decode with the
+    # padding put back, and accept only if encoding gives the same text.
+    if len(text) % 4 == 1:
+        return None
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    return raw if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == text else None
+
+
+@pytest.mark.parametrize("size", range(0, 13))
+def test_segments_decode_only_in_their_canonical_spelling(size: int) -> None:
+    data = hashlib.sha256(bytes([size])).digest()[:size]
+    text = base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    assert _segment(text) == data
+    spellings = [text[:-1] + last for last in _ALPHABET] if text else [""]
+    for spelling in [*spellings, text + "A"]:
+        assert _segment(spelling) == _segment_by_the_rfc(spelling), spelling
 
 
 def test_cache_can_be_disabled(make_authn: Callable[..., Authenticator], keys: Keys) -> None:

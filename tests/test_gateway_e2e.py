@@ -227,6 +227,39 @@ def test_cloudfront_geo_headers_from_a_trusted_peer(stack: Stack) -> None:
     assert record["reason"] == "header"
 
 
+def test_edge_locations_are_remembered_per_header_value_within_a_bound(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each distinct set of geo headers is parsed once (Runtime.header_locations);
+    # the memo must give every request its own place and stay bounded.
+    monkeypatch.setattr("gateway.app.HEADER_LOCATIONS_MAX", 3)
+    runtime = stack.app.runtime
+    assert runtime is not None
+    places = [
+        ((35.0, 135.0), "ap-northeast"),
+        ((47.0, -122.0), "us-west"),
+        ((39.0, -77.0), "us-east"),
+        ((50.0, 9.0), "eu-central"),
+        ((53.0, -7.0), "eu-west"),
+    ]
+    with stack.client() as client:
+        for (lat, lon), region in places * 2:
+            headers = {
+                **auth(stack.token()),
+                "CloudFront-Viewer-Latitude": str(lat),
+                "CloudFront-Viewer-Longitude": str(lon),
+            }
+            response = client.get(BINARY, headers=headers)
+            assert response.headers["x-gateway-region"] == region
+            assert len(runtime.header_locations) <= 3
+        # A header that says nothing usable is remembered as no location.
+        for _ in range(2):
+            response = client.get(
+                BINARY, headers={**auth(stack.token()), "CloudFront-Viewer-Country": "ZZ"}
+            )
+            assert response.headers["x-gateway-region"] == "us-east"
+
+
 def test_disabled_edge_provider_is_ignored(stack: Stack) -> None:
     # Only cloudfront is enabled in this stack: CF-IPCountry must not move the device.
     with stack.client() as client:

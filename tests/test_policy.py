@@ -346,3 +346,67 @@ def test_random_locations_always_get_the_nearest_healthy_allowed_region() -> Non
         checked += 1
     assert checked > 2000
     assert unavailable > 0
+
+
+# --------------------------------------------------------------------------- remembered decisions
+
+
+def test_a_remembered_decision_follows_every_change_of_health() -> None:
+    # GeoPolicy remembers decisions per frozenset of healthy regions; a new set
+    # (the health tracker builds one on every change) must never see an old answer.
+    geo = policy()
+    up = frozenset(ALL)
+    first = geo.decide(residency=None, location=SEATTLE, healthy=up)
+    assert first == Decision(
+        "us-west", "nearest", ("us-east", "eu-west", "eu-central", "ap-northeast")
+    )
+    assert geo.decide(residency=None, location=SEATTLE, healthy=up) is first
+    down = frozenset(ALL - {"us-west"})
+    assert geo.decide(residency=None, location=SEATTLE, healthy=down) == Decision(
+        "us-east", "failover"
+    )
+    assert geo.decide(residency=None, location=SEATTLE, healthy=up) == first
+    with pytest.raises(NoRegionAvailable):
+        geo.decide(residency=None, location=LONDON, healthy=frozenset({"us-west"}))
+
+
+def test_a_mutable_healthy_set_is_read_afresh_on_every_call() -> None:
+    geo = policy()
+    healthy = set(ALL)
+    assert geo.decide(residency=None, location=TOKYO, healthy=healthy).region == "ap-northeast"
+    healthy.discard("ap-northeast")
+    assert geo.decide(residency=None, location=TOKYO, healthy=healthy) == Decision(
+        "us-west", "failover"
+    )
+
+
+def test_remembered_decisions_keep_the_inputs_apart() -> None:
+    # Same place, different residency, source or rule: different answers.
+    geo = policy()
+    up = frozenset(ALL)
+    assert geo.decide(residency=None, location=SEATTLE, healthy=up, from_header=True) == Decision(
+        "us-west", "header"
+    )
+    assert geo.decide(residency=None, location=SEATTLE, healthy=up).reason == "nearest"
+    assert geo.decide(residency="eu", location=SEATTLE, healthy=up).region == "eu-west"
+    assert geo.decide(residency=None, location=None, healthy=up) == Decision("us-east", "default")
+    assert geo.decide(residency="eu", location=None, healthy=up).reason == "residency"
+
+
+def test_remembered_decisions_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.policy._MEMO_SIZE", 8)
+    geo = policy()
+    up = frozenset(ALL)
+    rng = random.Random(7)
+    for _ in range(100):
+        here = Location(rng.uniform(-60, 60), rng.uniform(-180, 180), None, None)
+        expected = min(
+            sorted(ALL),
+            key=lambda n: next(
+                distance_km(here.latitude, here.longitude, r.latitude, r.longitude)
+                for r in REGIONS
+                if r.name == n
+            ),
+        )
+        assert geo.decide(residency=None, location=here, healthy=up).region == expected
+        assert len(geo._memo) <= 8
