@@ -404,8 +404,10 @@ class GatewayApp:
             assert authenticator is not None
             if runtime.mtls is not None and (auth is None or runtime.mtls_required):
                 device = self._certificate_device(runtime, certificate, auth)
+                repeated_device = True
             else:
                 token = bearer_token(auth.decode("latin-1") if auth is not None else None)
+                repeated_device = authenticator.seen(token)
                 try:
                     device = authenticator.authenticate(token)
                 except InvalidToken as exc:
@@ -480,7 +482,10 @@ class GatewayApp:
                 }
             )
             await send({"type": "http.response.body", "body": body})
-            if decisions is not None:
+            if decisions is not None and repeated_device:
+                # Admitted on a token's second request: a token seen once (a new
+                # device, a fleet re-keying) would only push out entries that
+                # repeat; its first request already cached the verification.
                 now = self.clock()
                 if len(decisions) >= runtime.decisions_max:
                     decisions.popitem(last=False)

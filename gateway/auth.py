@@ -599,6 +599,10 @@ class Authenticator:
             cache[token] = device
         return device
 
+    def seen(self, token: str) -> bool:
+        """Whether ``token`` is in the verified-token cache (expired or not); no side effects."""
+        return token in self._cache
+
     def _check_revoked(self, device: Device) -> None:
         # Checked only after the signature: an unauthenticated client must not be
         # able to learn which device ids are revoked.

@@ -671,15 +671,19 @@ def test_repeated_requests_are_answered_from_the_decision_cache(stack: Stack) ->
     japan = {**auth(token), "X-Forwarded-For": FIXTURE_NETWORKS["japan"].ip}
     before = stack.metric("gateway_decision_cache_hits_total")
     with stack.client() as client:
+        # A token's first request is not admitted (a token seen once would only
+        # push out entries that repeat); from its second on, decisions are kept.
         first = client.get(BINARY, headers=london)
+        assert stack.metric("gateway_decision_cache_hits_total") == before
+        second = client.get(BINARY, headers=london)
         again = client.get(BINARY, headers=london)
         # Same token and key, another location input: its own decision.
         elsewhere = client.get(BINARY, headers=japan)
         urls = client.get(f"/v1/urls/{KEY}", headers=london)
         urls_again = client.get(f"/v1/urls/{KEY}", headers=london)
-    assert first.headers["location"] == again.headers["location"]
+    assert first.headers["location"] == second.headers["location"] == again.headers["location"]
     assert first.headers["x-gateway-region"] == again.headers["x-gateway-region"] == "eu-west"
-    assert first.headers["x-request-id"] != again.headers["x-request-id"]
+    assert second.headers["x-request-id"] != again.headers["x-request-id"]
     assert elsewhere.headers["x-gateway-region"] == "ap-northeast"
     assert urls.json() == urls_again.json()
     assert stack.metric("gateway_decision_cache_hits_total") == before + 2
@@ -696,10 +700,13 @@ def test_decision_cache_holds_its_bound(tmp_path: Path) -> None:
 
     with running_stack(tmp_path, edit) as s, s.client() as client:
         tokens = [s.token(f"device-{i}") for i in range(10)]
-        for token in tokens:
-            assert client.get(BINARY, headers=auth(token)).status_code == 307
         runtime = s.app.runtime
         assert runtime is not None and runtime.decisions is not None
+        for token in tokens:
+            assert client.get(BINARY, headers=auth(token)).status_code == 307
+        assert len(runtime.decisions) == 0  # each token seen once: nothing admitted
+        for token in tokens:
+            assert client.get(BINARY, headers=auth(token)).status_code == 307
         assert len(runtime.decisions) == 3
         # The newest are kept: the last device is answered from the cache.
         before = s.metric("gateway_decision_cache_hits_total")
