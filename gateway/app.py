@@ -662,9 +662,9 @@ class GatewayApp:
     ) -> tuple[Location | None, bool]:
         """The device's location and whether it came from a trusted edge header."""
         if runtime.geo_headers and peer is not None and peer in runtime.trusted:
-            seen = (values[_CF_LAT], values[_CF_LON], values[_CF_COUNTRY], values[_CFL_COUNTRY])
+            inputs = (values[_CF_LAT], values[_CF_LON], values[_CF_COUNTRY], values[_CFL_COUNTRY])
             memo = runtime.header_locations
-            location = memo.get(seen, _UNSEEN)
+            location = memo.get(inputs, _UNSEEN)
             if location is _UNSEEN:
                 present = {
                     name: value.decode("latin-1")
@@ -674,7 +674,7 @@ class GatewayApp:
                 location = location_from_headers(present, runtime.geo_headers) if present else None
                 if len(memo) >= HEADER_LOCATIONS_MAX:
                     memo.clear()
-                memo[seen] = location
+                memo[inputs] = location
             if location is not None:
                 return location, True
         if runtime.locator is not None and address is not None:
