@@ -143,6 +143,21 @@ def _strong(etag: str | None) -> bool:
     return etag is not None and not etag.startswith("W/") and etag.startswith('"')
 
 
+async def _error_document(response: httpx.Response) -> bytes:
+    """The storage's error document, up to one byte past MAX_ERROR_BODY."""
+    body = b""
+    try:
+        async for chunk in response.aiter_raw():
+            body += chunk
+            if len(body) > MAX_ERROR_BODY:
+                break
+    except httpx.TimeoutException:
+        raise BackendTimeout("the storage's error response did not arrive in time") from None
+    except httpx.HTTPError:
+        raise BackendError("the storage's error response was cut short") from None
+    return body
+
+
 class Streamer:
     """Fetches signed URLs with one shared client and streams them to devices."""
 
@@ -270,10 +285,22 @@ class Streamer:
             raise BackendError("no allowed region could serve this binary")
 
         try:
-            result.status = response.status_code
             out_headers = [
                 (name, value) for name, value in response.headers.raw if name.lower() in PASSED
             ]
+            error_body: bytes | None = None
+            if method != "HEAD" and response.status_code >= 400:
+                # An error document is read before the head is sent, so the head
+                # can describe what is passed on: at most MAX_ERROR_BODY bytes,
+                # never buffered beyond that (one byte more tells a cut).
+                error_body = await _error_document(response)
+                if len(error_body) > MAX_ERROR_BODY:
+                    # Cut: the storage's length and digests describe another body.
+                    error_body = error_body[:MAX_ERROR_BODY]
+                    out_headers = [(n, v) for n, v in out_headers if n.lower() == b"content-type"]
+                out_headers = [(n, v) for n, v in out_headers if n.lower() != b"content-length"]
+                out_headers.append((b"content-length", str(len(error_body)).encode()))
+            result.status = response.status_code  # the head is on its way
             await send(
                 {
                     "type": "http.response.start",
@@ -285,23 +312,12 @@ class Streamer:
                     ],
                 }
             )
-            if (
-                method == "HEAD"
-                or response.status_code in (204, 304)
-                or response.status_code >= 400
-            ):
-                # Read what there is (nothing, or a small error document) so the
-                # upstream connection goes back to the pool; an error document is
-                # passed on up to MAX_ERROR_BODY, never buffered beyond that.
-                body = b""
-                if method != "HEAD" and response.status_code >= 400:
-                    async for chunk in response.aiter_raw():
-                        body += chunk
-                        if len(body) >= MAX_ERROR_BODY:
-                            break
-                else:
+            if error_body is not None or method == "HEAD" or response.status_code in (204, 304):
+                # Read what there is (nothing) so the upstream connection goes back
+                # to the pool.
+                if error_body is None:
                     await response.aread()
-                body = body[:MAX_ERROR_BODY]
+                body = error_body or b""
                 result.finished = True
                 await send({"type": "http.response.body", "body": body})
                 result.sent = len(body)

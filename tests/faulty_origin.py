@@ -94,6 +94,8 @@ class Fault:
     times: int | None = None
     #: Extra response headers (integrity headers, and ones that must not pass).
     extra_headers: dict[str, str] = field(default_factory=dict)
+    #: With ``status``: a problem body of this many bytes instead of the small one.
+    problem_size: int | None = None
 
 
 @dataclass
@@ -271,8 +273,10 @@ class FaultyOrigin:
             await self._problem(writer, record, 405, method)
             return True
         if fault.status is not None:
-            await self._problem(writer, record, fault.status, method, fault.extra_headers)
-            return True
+            return await self._problem(
+                writer, record, fault.status, method, fault.extra_headers, fault.problem_size,
+                fault.close_after,
+            )  # fmt: skip
 
         path, _, query = target.partition("?")
         if self.verify and not self._signed(path, query):
@@ -360,8 +364,14 @@ class FaultyOrigin:
         status: int,
         method: str,
         extra: dict[str, str] | None = None,
-    ) -> None:
+        size: int | None = None,
+        close_after: int | None = None,
+    ) -> bool:
+        """Answer with a problem body; False when the connection is to close
+        (``close_after``: the body is cut after that many bytes)."""
         body = b'{"title":"%d from the faulty origin"}' % status
+        if size is not None:
+            body = (body * (size // len(body) + 1))[:size]
         headers = {
             "Content-Type": "application/problem+json",
             "Content-Length": str(len(body)),
@@ -370,10 +380,14 @@ class FaultyOrigin:
         await _write_head(writer, status, headers)
         record.status = status
         if method != "HEAD":
-            writer.write(body)
+            sent = body if close_after is None else body[:close_after]
+            writer.write(sent)
             await writer.drain()
-            record.body_sent = len(body)
+            record.body_sent = len(sent)
+            if len(sent) < len(body):
+                return False
         record.finished = True
+        return True
 
 
 class _Unsatisfiable(Exception):

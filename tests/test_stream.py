@@ -28,6 +28,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.origin import create_origin_app
+from gateway.stream import MAX_ERROR_BODY
 from tests.faulty_origin import Fault, FaultyOrigin, copy_tree_with_mtime
 from tests.stack import Gateway, running_gateway
 from tests.support import free_port, serve
@@ -407,6 +408,42 @@ def test_failover_when_the_first_region_refuses_connections(origins: Origins) ->
         assert response.headers["x-gateway-region"] == "b"
         assert metric(gw, "gateway_stream_failovers_total", reason="connect") == 1
         assert metric(gw, "gateway_upstream_requests_total", backend="dead", code="error") == 1
+
+
+@pytest.mark.parametrize("size", [100, MAX_ERROR_BODY, MAX_ERROR_BODY + 1, 300_000])
+def test_a_storage_error_document_is_passed_on_with_a_true_length(
+    origins: Origins, size: int
+) -> None:
+    # 416 is passed to the device (not failed over); its document is passed on
+    # up to MAX_ERROR_BODY, and the head always says how long the body is.
+    origins.a.fault = Fault(
+        status=416, problem_size=size, extra_headers={"Content-MD5": "AAAAAAAAAAAAAAAAAAAAAA=="}
+    )
+    with gateway(origins, "a") as gw:
+        response, _ = download(gw, **{"X-Request-Id": f"error-{size}"})
+        assert response.status_code == 416
+        passed = min(size, MAX_ERROR_BODY)
+        assert len(response.content) == passed
+        assert response.headers["content-length"] == str(passed)
+        assert response.headers["content-type"] == "application/problem+json"
+        # A cut document loses the storage's digests: they describe another body.
+        assert ("content-md5" in response.headers) == (size <= MAX_ERROR_BODY)
+        assert log_record(gw, f"error-{size}")["bytes"] == passed
+        # The connection is still good for the next download.
+        origins.a.fault = Fault()
+        again, _ = download(gw)
+        assert again.status_code == 200
+
+
+def test_a_storage_error_document_cut_short_is_a_502_not_a_broken_answer(
+    origins: Origins,
+) -> None:
+    origins.a.fault = Fault(status=416, problem_size=10_000, close_after=1000)
+    with gateway(origins, "a") as gw:
+        response, _ = download(gw)
+        assert response.status_code == 502
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["status"] == 502
 
 
 def test_access_log_lists_a_region_that_failed_before_the_first_byte(origins: Origins) -> None:
