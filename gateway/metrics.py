@@ -136,6 +136,12 @@ class Metrics:
             buckets=_SIGNING_BUCKETS,
             registry=registry,
         )
+        self.signing_errors = Counter(
+            "gateway_signing_errors",
+            "URLs a backend could not sign (no credentials, a refused expiry), by backend type.",
+            ["backend"],
+            registry=registry,
+        )
         self.upstream_requests = Counter(
             "gateway_upstream_requests",
             "Requests the gateway made to storage backends, by backend and status code.",
@@ -220,6 +226,7 @@ class Metrics:
                 self.decision(region, reason, 0)
         for kind in backend_kinds:
             self.signing_time(kind)
+            self.signing_errors.labels(kind)
 
     def track_inflight(self, count: Callable[[], float]) -> None:
         """Read the in-flight gauge from ``count`` at scrape time (no per-request cost)."""
@@ -251,6 +258,9 @@ class Metrics:
 
     def failover(self, region: str, reason: str) -> None:
         self.stream_failovers.labels(reason).inc()
+
+    def signing_error(self, kind: str) -> None:
+        self.signing_errors.labels(kind).inc()
 
     def signing_time(self, kind: str) -> Histogram:
         hist = self._signing.get(kind)

@@ -151,6 +151,7 @@ class Runtime:
             maxsize=signing.cache_size,
             clock=clock,
             observe=lambda kind, seconds: metrics.signing_time(kind).observe(seconds),
+            on_error=metrics.signing_error,
         )
         health = settings.health
         self.health = RegionHealth(

@@ -46,6 +46,7 @@ class SignedURLCache:
         maxsize: int,
         clock: Callable[[], float] = time.time,
         observe: Callable[[str, float], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         if not 1 <= window <= ttl - min_remaining:
             raise ValueError("window must be between 1 and ttl - min_remaining")
@@ -57,6 +58,7 @@ class SignedURLCache:
         self._maxsize = maxsize
         self._clock = clock
         self._observe = observe
+        self._on_error = on_error
         # FIFO eviction. Not a dict: deleting a dict's first key leaves a dead
         # slot that every later next(iter()) walks past (7.8 us per eviction at
         # 16k entries, and a cache-polluting scan); OrderedDict pops in O(1).
@@ -111,6 +113,8 @@ class SignedURLCache:
             future.cancel()
             raise
         except BaseException as exc:
+            if self._on_error is not None:
+                self._on_error(signer.kind)
             future.set_exception(exc)
             # Retrieve it so a flight nobody else joined does not log "never retrieved".
             future.exception()

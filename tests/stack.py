@@ -49,6 +49,16 @@ FILES: dict[str, bytes] = {
 MTIME = 1_767_225_600
 
 
+def scrape(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a gateway's /metrics: (name, sorted labels) -> value."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
 class ListStream:
     """A thread-safe text stream the access log writes to."""
 
@@ -106,15 +116,10 @@ class Stack:
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """Every sample of /metrics: (name, sorted labels) -> value."""
-        text = httpx.get(f"{self.base}/metrics", timeout=10).text
-        out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-        return out
+        return scrape(self.base)
 
     def metric(self, name: str, **labels: str) -> float:
-        return self.metrics().get((name, tuple(sorted(labels.items()))), 0.0)
+        return scrape(self.base).get((name, tuple(sorted(labels.items()))), 0.0)
 
     def log_records(self, request_id: str, timeout: float = 3.0) -> dict[str, Any]:
         """The access-log record of one request (waits for the periodic flush)."""
@@ -229,6 +234,9 @@ class Gateway:
             issuer=ISSUER,
             claims={"product": "acme-x1"} if claims is None else claims,
         )
+
+    def metric(self, name: str, **labels: str) -> float:
+        return scrape(self.base).get((name, tuple(sorted(labels.items()))), 0.0)
 
     def get(self, key: str, **headers: str) -> httpx.Response:
         """GET /v1/binaries/{key} with a valid device token (product acme-x1)."""

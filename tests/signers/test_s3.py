@@ -841,10 +841,13 @@ def test_gateway_redirect_downloads_from_s3rver(s3rver: S3rver, tmp_path: Path) 
 def test_gateway_without_aws_credentials_answers_502(s3rver: S3rver, tmp_path: Path) -> None:
     backend = _s3rver_backend(s3rver, credentials={})
     with running_gateway(tmp_path, {"eu": {"location": [50.1, 8.7], "backend": backend}}) as gw:
+        before = gw.metric("gateway_signing_errors_total", backend="s3")
         response = gw.get(KEY)
+        after = gw.metric("gateway_signing_errors_total", backend="s3")
     assert response.status_code == 502
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["detail"] == "no AWS credentials"
+    assert (before, after) == (0, 1)  # the series exists from the start
 
 
 def test_virtual_hosted_url_downloads_from_s3rver(s3rver: S3rver) -> None:
