@@ -18,7 +18,6 @@ from typing import Any, NoReturn
 
 from gateway.errors import ConfigError, GatewayError
 from gateway.settings import (
-    CONFIG_ENV,
     METRICS_DIR_ENV,
     Settings,
     load_settings,
@@ -73,28 +72,27 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import uvicorn
 
     from gateway.app import create_app
     from gateway.server import GatewayServer, server_config
 
     settings = load_checked(args.config)
     options = uvicorn_options(settings)
-    _log_to_stderr()
+    log_to_stderr()
     if args.workers > 1:
+        from gateway.workers import Supervisor
+
         # Workers are separate processes: each loads the same file itself, and
         # they share their metrics through a directory that starts empty.
-        os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
         os.environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix="gateway-metrics-")
         try:
-            uvicorn.run(
-                "gateway.cli:worker_app",
-                factory=True,
+            Supervisor(
+                Path(args.config).resolve(),
                 host=args.host,
                 port=args.port,
                 workers=args.workers,
-                **options,
-            )
+                options=options,
+            ).run()
         finally:
             shutil.rmtree(os.environ[METRICS_DIR_ENV], ignore_errors=True)
     else:
@@ -103,7 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         GatewayServer(config, app, Path(args.config)).run()
 
 
-def _log_to_stderr() -> None:
+def log_to_stderr() -> None:
     """Operational messages (reloads, drain) on stderr; stdout is the access log."""
     import logging
 
@@ -113,18 +111,6 @@ def _log_to_stderr() -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-
-
-def worker_app() -> Any:
-    """The app of one ``serve --workers N`` worker process."""
-    from gateway.app import create_app
-    from gateway.settings import config_path_from_environment, metrics_dir_from_environment
-
-    _log_to_stderr()
-    return create_app(
-        load_settings(config_path_from_environment()),
-        metrics_dir=metrics_dir_from_environment(),
-    )
 
 
 def cmd_check_config(args: argparse.Namespace) -> None:

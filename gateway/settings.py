@@ -577,18 +577,7 @@ class Settings(Model):
 # --------------------------------------------------------------------------- loading
 
 
-CONFIG_ENV = "GATEWAY_CONFIG"
 MAX_PRESIGNED_SECONDS = 7 * 86400
-
-
-def config_path_from_environment() -> str:
-    """The config path a ``gateway serve --workers N`` worker was started with."""
-    try:
-        return os.environ[CONFIG_ENV]
-    except KeyError:
-        raise ConfigError([f"{CONFIG_ENV} is not set"]) from None
-
-
 METRICS_DIR_ENV = "GATEWAY_METRICS_DIR"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import signal
 import socket
 import subprocess
@@ -42,6 +43,7 @@ class Deployment:
             claims={"product": "acme-x1"},
         )  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
+        self.workers = 1
 
     def config(self, regions: list[str], default: str, **extra: Any) -> dict[str, Any]:
         return {
@@ -65,14 +67,26 @@ class Deployment:
     def write(self, config: dict[str, Any]) -> None:
         self.config_path.write_text(yaml.safe_dump(config))
 
-    def start(self) -> None:
+    def start(self, workers: int = 1) -> None:
+        self.workers = workers
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path),
-             "--port", str(self.port)],
+             "--port", str(self.port), "--workers", str(workers)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )  # fmt: skip
         wait_for_port(self.port, 30, self.proc)
+        if workers > 1:
+            self.wait_for_workers()
+
+    def wait_for_workers(self) -> None:
+        """Until every worker answers (request ids carry each worker's prefix)."""
+        seen: set[str] = set()
+        deadline = time.monotonic() + 30
+        while len(seen) < self.workers and time.monotonic() < deadline:
+            with httpx.Client(timeout=10) as client:  # a new connection each time
+                seen.add(client.get(self.base + "/healthz").headers["x-request-id"].split("-")[0])
+        assert len(seen) == self.workers, seen
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -118,11 +132,14 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
             d.stop()  # also closes the stderr pipe of an exited process
 
 
-def test_a_slow_request_head_is_cut_off_while_others_are_served(deployment: Deployment) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_slow_request_head_is_cut_off_while_others_are_served(
+    deployment: Deployment, workers: int
+) -> None:
     deployment.write(
         deployment.config(["eu-central", "us-east"], "us-east", limits={"header_timeout": "2s"})
     )
-    deployment.start()
+    deployment.start(workers)
     slow = socket.create_connection(("127.0.0.1", deployment.port))
     began = time.monotonic()
     slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
@@ -151,9 +168,12 @@ def test_a_slow_request_head_is_cut_off_while_others_are_served(deployment: Depl
     assert "request head took over 2.0s" in deployment.stop()
 
 
-def test_sighup_reloads_under_steady_load_without_a_failure(deployment: Deployment) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_reloads_under_steady_load_without_a_failure(
+    deployment: Deployment, workers: int
+) -> None:
     deployment.write(deployment.config(["eu-central", "us-east"], "us-east"))
-    deployment.start()
+    deployment.start(workers)
     statuses: list[int] = []
     regions: list[str] = []
     stop = threading.Event()
@@ -177,44 +197,54 @@ def test_sighup_reloads_under_steady_load_without_a_failure(deployment: Deployme
             deployment.config(["eu-central", "us-east", "ap-northeast"], "ap-northeast")
         )
         deployment.signal(signal.SIGHUP)
+        # Every worker reloads in place and counts its own reload (summed).
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (not regions or regions[-1] != "ap-northeast"):
-            time.sleep(0.05)
+        while time.monotonic() < deadline and (
+            deployment.metric('gateway_config_reloads_total{result="success"}') < workers
+        ):
+            time.sleep(0.1)
         time.sleep(0.3)
     finally:
         stop.set()
         worker.join(timeout=20)
     assert statuses and set(statuses) == {307}, set(statuses)
     assert regions[0] == "us-east" and regions[-1] == "ap-northeast"
-    assert deployment.metric('gateway_config_reloads_total{result="success"}') == 1
+    assert deployment.metric('gateway_config_reloads_total{result="success"}') == workers
+    for _ in range(4 * workers):  # new connections: whichever worker answers
+        assert deployment.get().headers["x-gateway-region"] == "ap-northeast"
     download = deployment.get(follow_redirects=True)
     assert download.content == FILES[KEY]
 
 
-def test_sighup_with_a_broken_config_keeps_the_old_one(deployment: Deployment) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_with_a_broken_config_keeps_the_old_one(
+    deployment: Deployment, workers: int
+) -> None:
     deployment.write(deployment.config(["eu-central", "us-east"], "us-east"))
-    deployment.start()
+    deployment.start(workers)
     broken = deployment.config(["eu-central"], "us-east")  # default names a missing region
     broken["signing"] = {"ttl": "forever"}
     deployment.write(broken)
     deployment.signal(signal.SIGHUP)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if deployment.metric('gateway_config_reloads_total{result="failure"}') == 1:
+        if deployment.metric('gateway_config_reloads_total{result="failure"}') == workers:
             break
         time.sleep(0.05)
-    assert deployment.metric('gateway_config_reloads_total{result="failure"}') == 1
+    assert deployment.metric('gateway_config_reloads_total{result="failure"}') == workers
     assert deployment.metric('gateway_config_reloads_total{result="success"}') == 0
-    response = deployment.get()
-    assert response.status_code == 307
-    assert response.headers["x-gateway-region"] == "us-east"
+    for _ in range(4 * workers):  # every worker still serves the old config
+        response = deployment.get()
+        assert response.status_code == 307
+        assert response.headers["x-gateway-region"] == "us-east"
     err = deployment.stop()
     assert "reload refused: signing.ttl: expected a duration" in err
     assert "reload refused: geo.default_region: 'us-east' is not a configured region" in err
     assert "Traceback" not in err
 
 
-def test_sigterm_drains_twenty_streamed_downloads(deployment: Deployment) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_drains_twenty_streamed_downloads(deployment: Deployment, workers: int) -> None:
     deployment.write(
         deployment.config(
             ["eu-central", "us-east"],
@@ -223,7 +253,7 @@ def test_sigterm_drains_twenty_streamed_downloads(deployment: Deployment) -> Non
             limits={"drain_timeout": "20s", "drain_delay": "1s"},
         )
     )
-    deployment.start()
+    deployment.start(workers)
     expected = hashlib.sha256(FILES[KEY]).hexdigest()
     results: list[str] = []
     started = threading.Barrier(21)
@@ -329,3 +359,57 @@ def test_two_workers_sum_their_metrics(deployment: Deployment) -> None:
         assert f"{line}60.0" in text
         assert 'gateway_backend_up{backend="us-east"} 1.0' in text
         assert "gateway_build_info{" in text
+
+
+def worker_pids(supervisor: int) -> set[int]:
+    """The supervisor's gateway workers (its children running gateway.workers)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ours = b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline
+        if int(fields[1]) == supervisor and ours:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_a_worker_that_dies_is_replaced(deployment: Deployment) -> None:
+    deployment.write(deployment.config(["eu-central", "us-east"], "us-east"))
+    deployment.start(2)
+    assert deployment.proc is not None
+    first = worker_pids(deployment.proc.pid)
+    assert len(first) == 2
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    now = first
+    while time.monotonic() < deadline:
+        now = worker_pids(deployment.proc.pid)
+        if len(now) == 2 and victim not in now:
+            break
+        assert deployment.get().status_code == 307  # the other worker serves meanwhile
+        time.sleep(0.2)
+    assert len(now) == 2 and victim not in now and (first - {victim}) <= now
+    deployment.wait_for_workers()
+    assert "starting another" in deployment.stop()
+
+
+def test_workers_stop_by_themselves_when_the_supervisor_is_killed(
+    deployment: Deployment,
+) -> None:
+    deployment.write(deployment.config(["eu-central", "us-east"], "us-east"))
+    deployment.start(2)
+    assert deployment.proc is not None
+    workers = worker_pids(deployment.proc.pid)
+    assert len(workers) == 2
+    deployment.proc.kill()  # SIGKILL: no chance to pass anything on
+    deployment.proc.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(deployment.base + "/healthz", timeout=2)
