@@ -86,13 +86,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
         # they share their metrics through a directory that starts empty.
         os.environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix="gateway-metrics-")
         try:
-            Supervisor(
-                Path(args.config).resolve(),
-                host=args.host,
-                port=args.port,
-                workers=args.workers,
-                options=options,
-            ).run()
+            try:
+                supervisor = Supervisor(
+                    Path(args.config).resolve(),
+                    host=args.host,
+                    port=args.port,
+                    workers=args.workers,
+                    options=options,
+                )
+            except OSError as exc:
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                _fail([f"cannot listen on {args.host}:{args.port}: {reason}"])
+            supervisor.run()
         finally:
             shutil.rmtree(os.environ[METRICS_DIR_ENV], ignore_errors=True)
     else:

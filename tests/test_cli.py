@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -222,3 +223,17 @@ def test_check_config_accepts_the_example_config() -> None:
         env={**os.environ, "EU_ORIGIN_SECRET": "x" * 32, "US_ORIGIN_SECRET": "y" * 32},
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_serve_with_workers_on_a_busy_port_is_one_line(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    with contextlib.closing(socket.create_server(("127.0.0.1", 0))) as busy:
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [*GATEWAY, "serve", "--config", "config/example.yaml", "--port", str(port),
+             "--workers", "2"],
+            capture_output=True, text=True, cwd=root, timeout=60,
+            env={**os.environ, "EU_ORIGIN_SECRET": "x" * 32, "US_ORIGIN_SECRET": "y" * 32},
+        )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"cannot listen on 127.0.0.1:{port}: Address already in use"
