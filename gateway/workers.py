@@ -50,6 +50,7 @@ def _worker(config_path: str, sock: socket.socket, options: dict[str, Any]) -> N
     os.setpgrp()  # signals come from the supervisor, not from the terminal
     from gateway.app import create_app
     from gateway.cli import log_to_stderr
+    from gateway.errors import ConfigError
     from gateway.server import GatewayServer, server_config
     from gateway.settings import load_settings, metrics_dir_from_environment
 
@@ -63,7 +64,14 @@ def _worker(config_path: str, sock: socket.socket, options: dict[str, Any]) -> N
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=orphaned, daemon=True).start()
-    settings = load_settings(config_path)
+    try:
+        settings = load_settings(config_path)
+    except ConfigError as exc:
+        # The file changed since the supervisor checked it: one line per
+        # problem, and the supervisor tries this slot again later.
+        for problem in exc.problems:
+            log.error("worker %d: %s", os.getpid(), problem)
+        raise SystemExit(2) from None
     app = create_app(settings, metrics_dir=metrics_dir_from_environment())
     config = server_config(app, host="", port=0, **options)
     GatewayServer(config, app, Path(config_path)).run(sockets=[sock])

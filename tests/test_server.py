@@ -413,3 +413,28 @@ def test_workers_stop_by_themselves_when_the_supervisor_is_killed(
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
     with pytest.raises(httpx.ConnectError):
         httpx.get(deployment.base + "/healthz", timeout=2)
+
+
+def test_a_worker_that_cannot_load_the_file_is_retried_without_spinning(
+    deployment: Deployment,
+) -> None:
+    good = deployment.config(["eu-central", "us-east"], "us-east")
+    deployment.write(good)
+    deployment.start(2)
+    assert deployment.proc is not None
+    first = worker_pids(deployment.proc.pid)
+    broken = deployment.config(["eu-central"], "us-east")  # default names a missing region
+    deployment.write(broken)
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+    time.sleep(8)  # the slot's replacement tries, fails, and waits
+    for _ in range(4):
+        assert deployment.get().status_code == 307  # the other worker serves on
+    deployment.write(good)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(worker_pids(deployment.proc.pid)) < 2:
+        time.sleep(0.2)
+    deployment.wait_for_workers()
+    err = deployment.stop()
+    assert "geo.default_region: 'us-east' is not a configured region" in err
+    assert "Traceback" not in err
