@@ -26,6 +26,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,21 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("gateway")
+
+# uvicorn logs this at error level when an app returns before its response is
+# complete, which is how an ASGI app ends a connection mid-body. For a stream
+# the gateway aborts on purpose (and logs why) it is noise: the filter drops
+# it for those requests only, so a real bug still shows.
+_UVICORN_INCOMPLETE = "ASGI callable returned without completing response."
+_ABORTED_STREAM: ContextVar[bool] = ContextVar("gateway_aborted_stream", default=False)
+
+
+class _AbortedStreamFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_ABORTED_STREAM.get() and record.getMessage() == _UVICORN_INCOMPLETE)
+
+
+_ABORTED_STREAM_FILTER = _AbortedStreamFilter()
 
 BINARIES = "/v1/binaries/"
 URLS = "/v1/urls/"
@@ -151,6 +167,7 @@ class GatewayApp:
 
     async def startup(self) -> None:
         """Build the runtime and start background work (idempotent)."""
+        logging.getLogger("uvicorn.error").addFilter(_ABORTED_STREAM_FILTER)  # once per object
         if self.runtime is None:
             self.runtime = Runtime(self.settings, self.metrics, self.clock)
         if self.streamer is None:
@@ -505,8 +522,11 @@ class GatewayApp:
                     headers=headers,
                     body=body,
                 )
-        except StreamAborted:
-            pass  # the response had started: the connection is closed, not ended
+        except StreamAborted as exc:
+            # The response had started: the connection is closed, not ended, so
+            # the device sees a short transfer and resumes with Range.
+            _ABORTED_STREAM.set(True)  # seen by uvicorn's log call after we return
+            log.warning("stream %s cut after %d bytes: %s", request_id, outcome.sent, exc)
         except GatewayError as exc:
             if isinstance(exc, InvalidToken):
                 self.metrics.auth_failure(exc.reason)
