@@ -72,7 +72,6 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-
     from gateway.app import create_app
     from gateway.server import GatewayServer, server_config
 
