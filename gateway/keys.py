@@ -116,13 +116,13 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
     return _b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
 
 
-def _new_private_key(alg: str) -> PrivateKey:
+def _new_private_key(alg: str, rsa_bits: int) -> PrivateKey:
     if alg == "EdDSA":
         return ed25519.Ed25519PrivateKey.generate()
     if alg == "ES256":
         return ec.generate_private_key(ec.SECP256R1())
     if alg == "RS256":
-        return rsa.generate_private_key(public_exponent=65537, key_size=_RSA_BITS)
+        return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
     raise ValueError(
         f"unsupported algorithm {alg!r}; choose one of {', '.join(GENERATE_ALGORITHMS)}"
     )
@@ -160,26 +160,32 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-def generate_key(alg: str, out_dir: str | os.PathLike[str], kid: str | None = None) -> str:
+def generate_key(
+    alg: str, out_dir: str | os.PathLike[str], kid: str | None = None, *, rsa_bits: int = _RSA_BITS
+) -> str:
     """Make a signing key pair for device tokens; return its kid.
 
     Writes the private key as unencrypted PKCS#8 PEM to ``out_dir/<kid>.pem``
     (mode 0600; ``out_dir`` is created) and adds its public JWK to
     ``out_dir/jwks.json`` (created if absent; an entry with the same kid is
-    replaced). ``alg`` is one of :data:`GENERATE_ALGORITHMS` (RS256 keys are
-    3072-bit). Without ``kid`` the kid is the first 16 characters of the key's
-    RFC 7638 thumbprint, so it is stable for the key and needs no bookkeeping.
+    replaced). ``alg`` is one of :data:`GENERATE_ALGORITHMS`; RS256 keys are
+    ``rsa_bits`` long (3072 unless asked, at least 2048). Without ``kid`` the
+    kid is the first 16 characters of the key's RFC 7638 thumbprint, so it is
+    stable for the key and needs no bookkeeping.
 
-    Raises ValueError for an unknown algorithm, an unsafe kid, an existing
-    ``<kid>.pem`` (a private key is never overwritten) or an unreadable jwks.json.
+    Raises ValueError for an unknown algorithm, too short an RSA key, an unsafe
+    kid, an existing ``<kid>.pem`` (a private key is never overwritten) or an
+    unreadable jwks.json.
     """
     out = Path(out_dir)
+    if rsa_bits < _MIN_RSA_BITS:
+        raise ValueError(f"RSA keys must be at least {_MIN_RSA_BITS} bits (RFC 7518 section 3.3)")
     if kid is not None and not _KID.fullmatch(kid):
         raise ValueError(
             f"kid {kid!r} is not usable as a file name "
             "(letters, digits, '.', '_', '-'; at most 128; not starting with a symbol)"
         )
-    private = _new_private_key(alg)
+    private = _new_private_key(alg, rsa_bits)
     public = private.public_key()
     if kid is None:
         kid = jwk_thumbprint(public_jwk(public, kid="", alg=alg))[:_KID_LENGTH]

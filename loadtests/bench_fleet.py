@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import json
 import math
 import os
 import random
@@ -40,12 +39,10 @@ from pathlib import Path
 
 import httpx
 import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import get_default_algorithms
 
 from gateway.auth import KeySet
-from gateway.keys import generate_key, issue_token, public_jwk
+from gateway.keys import generate_key, issue_token
 from loadtests.bench_redirect import run_wrk, server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,29 +79,10 @@ end
 """
 
 
-def write_key(keys: Path, choice: str) -> str:
-    """The ``bench`` key for an ``--alg`` choice; returns the JWS alg."""
-    alg, kind = ALGORITHMS[choice]
-    if kind != "RSA-2048":
-        generate_key(alg, keys, "bench")
-        return alg
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    keys.mkdir(parents=True, exist_ok=True)
-    (keys / "bench.pem").write_bytes(
-        private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    jwks = {"keys": [public_jwk(private.public_key(), kid="bench", alg=alg)]}
-    (keys / "jwks.json").write_text(json.dumps(jwks))
-    return alg
-
-
 def write_config(workdir: Path, regions: int, choice: str = "EdDSA") -> Path:
     keys = workdir / "keys"
-    alg = write_key(keys, choice)
+    alg, kind = ALGORITHMS[choice]
+    generate_key(alg, keys, "bench", rsa_bits=2048 if kind == "RSA-2048" else 3072)
     places = {
         "eu-central": [50.11, 8.68],
         "us-east": [39.04, -77.49],

@@ -282,3 +282,15 @@ def test_parse_claim(text: str, expected: tuple[str, Any]) -> None:
 def test_parse_claim_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="is not NAME=VALUE"):
         parse_claim(text)
+
+
+def test_rsa_key_size_can_be_chosen_but_not_below_2048(tmp_path: Path) -> None:
+    generate_key("RS256", tmp_path, "small", rsa_bits=2048)
+    key = serialization.load_pem_private_key((tmp_path / "small.pem").read_bytes(), None)
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+    generate_key("RS256", tmp_path, "default")
+    key = serialization.load_pem_private_key((tmp_path / "default.pem").read_bytes(), None)
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 3072
+    with pytest.raises(ValueError, match="at least 2048 bits"):
+        generate_key("RS256", tmp_path, "weak", rsa_bits=1024)
+    assert not (tmp_path / "weak.pem").exists()
