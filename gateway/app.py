@@ -53,7 +53,7 @@ from gateway.metrics import Metrics
 from gateway.metrics_share import SharedMetrics
 from gateway.openapi import OPENAPI_JSON
 from gateway.proxy_headers import client_address
-from gateway.runtime import HEADER_LOCATIONS_MAX, Decided, Runtime
+from gateway.runtime import Decided, Runtime
 from gateway.settings import Settings, load_settings
 from gateway.signers import SignedURL
 from gateway.stream import StreamAborted, Streamer, StreamResult, single_range, upstream_client
@@ -691,10 +691,9 @@ class GatewayApp:
                     for name, slot in _GEO_SLOTS
                     if (value := values[slot]) is not None
                 }
-                location = location_from_headers(present, runtime.geo_headers) if present else None
-                if len(memo) >= HEADER_LOCATIONS_MAX:
-                    memo.clear()
-                memo[inputs] = location
+                location = memo.remember(
+                    inputs, location_from_headers(present, runtime.geo_headers) if present else None
+                )
             if location is not None:
                 return location, True
         if runtime.locator is not None and address is not None:

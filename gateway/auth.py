@@ -64,6 +64,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from jwt.algorithms import Algorithm, get_default_algorithms
 
 from gateway.errors import ConfigError, InvalidToken
+from gateway.memo import Memo
 
 __all__ = [
     "FAILURE_REASONS",
@@ -543,7 +544,7 @@ class Authenticator:
         # a measurable share of a cold request.
         self._cache: OrderedDict[str, Device] = OrderedDict()
         self._cache_size = cache_size
-        self._headers: dict[str, dict[str, Any]] = {}
+        self._headers: Memo[str, dict[str, Any]] = Memo(_HEADER_CACHE_SIZE)
         self._hits = 0
         self._misses = 0
 
@@ -618,10 +619,7 @@ class Authenticator:
         header_b64, payload_b64, signature_b64 = token.split(".")
         header = self._headers.get(header_b64)
         if header is None:
-            header = _json_object(header_b64, "header")
-            if len(self._headers) >= _HEADER_CACHE_SIZE:
-                self._headers.clear()
-            self._headers[header_b64] = header
+            header = self._headers.remember(header_b64, _json_object(header_b64, "header"))
 
         # RFC 8725 section 3.1: never accept "none", whatever its spelling.
         alg = header.get("alg")

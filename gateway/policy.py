@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 
 from gateway.errors import NoRegionAvailable, NotEntitled
 from gateway.geo import Location
+from gateway.memo import Memo
 
 _EARTH_RADIUS_KM = 6371.0088
 
-# How many decisions GeoPolicy remembers (see GeoPolicy.decide); cleared when full.
+# How many decisions GeoPolicy remembers (see GeoPolicy.decide).
 _MEMO_SIZE = 4096
 
 
@@ -92,7 +93,7 @@ class GeoPolicy:
             rule: self._default_first(allowed)
             for rule, allowed in [(None, self._all), *self._rule_regions.items()]
         }
-        self._memo: dict[Hashable, Decision] = {}
+        self._memo: Memo[Hashable, Decision] = Memo(_MEMO_SIZE)
         self._memo_healthy: frozenset[str] | None = None
         self._by_country: dict[str, str] = {}
         self._by_continent: dict[str, str] = {}
@@ -139,17 +140,14 @@ class GeoPolicy:
         if type(healthy) is not frozenset:
             return self._decide(rule, location, healthy, from_header)
         if healthy is not self._memo_healthy:
-            self._memo = {}
+            self._memo.clear()
             self._memo_healthy = healthy
         key = (rule, None, None, False) if location is None else (
             rule, location.latitude, location.longitude, from_header
         )  # fmt: skip
         decision = self._memo.get(key)
         if decision is None:
-            decision = self._decide(rule, location, healthy, from_header)
-            if len(self._memo) >= _MEMO_SIZE:
-                self._memo.clear()
-            self._memo[key] = decision
+            decision = self._memo.remember(key, self._decide(rule, location, healthy, from_header))
         return decision
 
     def _decide(

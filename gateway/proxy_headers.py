@@ -44,6 +44,7 @@ import re
 from collections.abc import Iterable
 
 from gateway.errors import ConfigError
+from gateway.memo import Memo
 
 __all__ = ["IPAddress", "TrustedProxies", "client_address", "parse_address"]
 
@@ -146,7 +147,9 @@ class TrustedProxies:
             raise ConfigError(problems)
         self._v4 = tuple(v4)
         self._v6 = tuple(v6)
-        self._cache: dict[str, bool] = {}
+        # Client addresses pass through here too (each hop of a chain is
+        # checked), so the cache must not grow without bound.
+        self._cache: Memo[str, bool] = Memo(self._CACHE_LIMIT)
 
     @staticmethod
     def _unmap_network(network: _Network) -> _Network:
@@ -188,13 +191,7 @@ class TrustedProxies:
             result = False
         else:
             result = self.contains_address(address)
-        if len(self._cache) >= self._CACHE_LIMIT:
-            # Client addresses pass through here too (each hop of a chain is
-            # checked), so the cache must not grow without bound; dropping it all
-            # is cheaper than LRU bookkeeping and refills within a few requests.
-            self._cache.clear()
-        self._cache[ip] = result
-        return result
+        return self._cache.remember(ip, result)
 
     def __repr__(self) -> str:
         return f"TrustedProxies({[str(n) for n in self.networks]!r})"

@@ -25,6 +25,7 @@ from gateway.errors import ConfigError
 from gateway.geo import GeoIPLocator, Location
 from gateway.health import RegionHealth, http_probe
 from gateway.jwks import RemoteJWKS
+from gateway.memo import Memo
 from gateway.metrics import Metrics
 from gateway.mtls import ClientCertificates
 from gateway.policy import GeoPolicy, Region, Rule
@@ -33,9 +34,6 @@ from gateway.ratelimit import RateLimiter
 from gateway.settings import Settings
 from gateway.signers import Signer, build_signer
 from gateway.url_cache import SignedURLCache
-
-#: Distinct edge geo-header combinations remembered (Runtime.header_locations).
-HEADER_LOCATIONS_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,9 +119,9 @@ class Runtime:
         self.geo_headers = frozenset(settings.server.geo_headers)
         # The edge's geo headers of a request -> its Location. A fleet's devices
         # share a few hundred distinct values (a country, a city's coordinates),
-        # so each is parsed once; cleared when full (the values come from the
-        # edge, but a device behind it can still vary them).
-        self.header_locations: dict[tuple[bytes | None, ...], Location | None] = {}
+        # so each is parsed once; bounded, as a device behind the edge can
+        # still vary them.
+        self.header_locations: Memo[tuple[bytes | None, ...], Location | None] = Memo(4096)
         # Which forwarding header the trusted proxies maintain (the other is ignored).
         self.uses_xff = settings.server.forwarded_header == "x-forwarded-for"
         self.policy = GeoPolicy(

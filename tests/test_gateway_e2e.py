@@ -232,9 +232,9 @@ def test_edge_locations_are_remembered_per_header_value_within_a_bound(
 ) -> None:
     # Each distinct set of geo headers is parsed once (Runtime.header_locations);
     # the memo must give every request its own place and stay bounded.
-    monkeypatch.setattr("gateway.app.HEADER_LOCATIONS_MAX", 3)
     runtime = stack.app.runtime
     assert runtime is not None
+    monkeypatch.setattr(runtime.header_locations, "limit", 3)
     places = [
         ((35.0, 135.0), "ap-northeast"),
         ((47.0, -122.0), "us-west"),
