@@ -490,7 +490,8 @@ def test_http_probe_slower_than_the_timeout_is_down(origin: tuple[Switchable, st
         assert probe_once(base, expect_up=False, timeout=0.15) is False
     finally:
         app.delay = 0.0
-    assert probe_once(base, expect_up=True, timeout=0.15) is True
+    # A timely answer is up again; the timeout leaves room for a busy test machine.
+    assert probe_once(base, expect_up=True, timeout=1.0) is True
 
 
 def test_http_probe_connection_refused_is_down() -> None:
