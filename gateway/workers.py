@@ -88,7 +88,6 @@ class Supervisor:
         self.workers = workers
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.create_server((host, port), family=family, backlog=2048)
-        self.sock.set_inheritable(True)
         self._slots: list[tuple[SpawnProcess, float]] = []
         self._signals: list[int] = []
         self._stopping = False
