@@ -26,7 +26,6 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.origin import create_origin_app
 from gateway.stream import MAX_ERROR_BODY
@@ -149,15 +148,6 @@ def sha(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def metric(gw: Gateway, name: str, **labels: str) -> float:
-    text = httpx.get(f"{gw.base}/metrics", timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return 0.0
-
-
 def log_record(gw: Gateway, request_id: str, timeout: float = 3.0) -> dict[str, Any]:
     """The access-log line of one request (the log flushes every 0.2 s)."""
     deadline = time.monotonic() + timeout
@@ -208,7 +198,7 @@ def test_stream_passes_bytes_and_validators_and_never_the_token(origins: Origins
         }
     )
     with gateway(origins, "a", "b") as gw:
-        before = metric(gw, "gateway_streamed_bytes_total", region="a")
+        before = gw.metric("gateway_streamed_bytes_total", region="a")
         token = gw.token()
         response, _ = download(
             gw, token=token, **{"X-Request-Id": "plain-get", "Accept-Encoding": "gzip"}
@@ -239,8 +229,8 @@ def test_stream_passes_bytes_and_validators_and_never_the_token(origins: Origins
         assert upstream.headers["accept-encoding"] == "identity"
         assert upstream.finished and upstream.body_sent == SIZE
 
-        assert metric(gw, "gateway_streamed_bytes_total", region="a") - before == SIZE
-        assert metric(gw, "gateway_upstream_requests_total", backend="a", code="200") == 1
+        assert gw.metric("gateway_streamed_bytes_total", region="a") - before == SIZE
+        assert gw.metric("gateway_upstream_requests_total", backend="a", code="200") == 1
         record = log_record(gw, "plain-get")
         assert (record["status"], record["bytes"], record["regions"]) == (200, SIZE, ["a"])
 
@@ -391,10 +381,10 @@ def test_failover_before_the_first_byte(
         assert [r.method for r in origins.a.requests] == ["GET"]
         assert "range" not in origins.b.requests[0].headers
         assert origins.c.requests == []
-        assert metric(gw, "gateway_stream_failovers_total", reason=reason) == 1
-        assert metric(gw, "gateway_upstream_requests_total", backend="a", code=code) == 1
-        assert metric(gw, "gateway_upstream_requests_total", backend="b", code="200") == 1
-        assert metric(gw, "gateway_streamed_bytes_total", region="b") == SIZE
+        assert gw.metric("gateway_stream_failovers_total", reason=reason) == 1
+        assert gw.metric("gateway_upstream_requests_total", backend="a", code=code) == 1
+        assert gw.metric("gateway_upstream_requests_total", backend="b", code="200") == 1
+        assert gw.metric("gateway_streamed_bytes_total", region="b") == SIZE
         record = log_record(gw, f"before-{code}")
         assert record["status"] == 200
         assert record["bytes"] == SIZE
@@ -407,8 +397,8 @@ def test_failover_when_the_first_region_refuses_connections(origins: Origins) ->
         assert response.status_code == 200
         assert sha(response.content) == SHA
         assert response.headers["x-gateway-region"] == "b"
-        assert metric(gw, "gateway_stream_failovers_total", reason="connect") == 1
-        assert metric(gw, "gateway_upstream_requests_total", backend="dead", code="error") == 1
+        assert gw.metric("gateway_stream_failovers_total", reason="connect") == 1
+        assert gw.metric("gateway_upstream_requests_total", backend="dead", code="error") == 1
 
 
 @pytest.mark.parametrize("size", [100, MAX_ERROR_BODY, MAX_ERROR_BODY + 1, 300_000])
@@ -530,9 +520,9 @@ def test_a_cut_mid_body_resumes_from_the_next_region_in_one_response(origins: Or
         assert resume.status == 206
         assert "authorization" not in resume.headers
         assert origins.c.requests == []
-        assert metric(gw, "gateway_stream_failovers_total", reason="mid_stream_cut") == 1
-        assert metric(gw, "gateway_streamed_bytes_total", region="a") == cut
-        assert metric(gw, "gateway_streamed_bytes_total", region="b") == SIZE - cut
+        assert gw.metric("gateway_stream_failovers_total", reason="mid_stream_cut") == 1
+        assert gw.metric("gateway_streamed_bytes_total", region="a") == cut
+        assert gw.metric("gateway_streamed_bytes_total", region="b") == SIZE - cut
         record = log_record(gw, "cut")
         assert (record["status"], record["bytes"], record["regions"]) == (200, SIZE, ["a", "b"])
 
@@ -577,7 +567,7 @@ def test_a_stalled_origin_is_resumed_after_the_read_timeout(origins: Origins) ->
         assert sha(response.content) == SHA
         assert 1.0 <= elapsed < 5.0
         assert origins.b.requests[0].headers["range"] == f"bytes={1024 * 1024}-{SIZE - 1}"
-        assert metric(gw, "gateway_stream_failovers_total", reason="mid_stream_timeout") == 1
+        assert gw.metric("gateway_stream_failovers_total", reason="mid_stream_timeout") == 1
         # The stalled connection was given up, not left hanging at the origin.
         assert origins.a.wait_connections(0)
 
@@ -605,7 +595,7 @@ def test_a_changed_object_aborts_instead_of_splicing(origins: Origins, change: s
             assert len(received) == 1_000_000
             assert received == DATA[:1_000_000]
             assert origins.b.requests[0].headers["if-range"] == ETAG
-            assert metric(gw, "gateway_stream_failovers_total", reason="resume_mismatch") == 1
+            assert gw.metric("gateway_stream_failovers_total", reason="resume_mismatch") == 1
     finally:
         if change == "rewritten":
             copy_tree_with_mtime({CHANGED: DATA}, origins.b.root, MTIME)
@@ -660,7 +650,7 @@ def test_a_slow_device_holds_back_the_origin_and_its_disconnect_frees_it(
             chunks = response.iter_raw(64 * 1024)
             for _ in range(4):
                 next(chunks)
-            assert metric(gw, "gateway_active_streams") == 1
+            assert gw.metric("gateway_active_streams") == 1
             # The device stops reading: socket buffers fill, the gateway stops
             # reading upstream, and the origin's writes stall well short of the file.
             last = -1
@@ -675,7 +665,7 @@ def test_a_slow_device_holds_back_the_origin_and_its_disconnect_frees_it(
         # The device closed its connection mid-body.
         assert origins.a.wait_connections(0, timeout=5)
         assert not origins.a.requests[-1].finished
-        assert wait_for(lambda: metric(gw, "gateway_active_streams") == 0)
+        assert wait_for(lambda: gw.metric("gateway_active_streams") == 0)
 
 
 def test_a_device_leaving_before_the_head_frees_the_upstream_connection(
@@ -694,7 +684,7 @@ def test_a_device_leaving_before_the_head_frees_the_upstream_connection(
         # Long before the 30 s read timeout: the disconnect closed it.
         assert origins.a.wait_connections(0, timeout=5)
         assert time.monotonic() - began < 6
-        assert wait_for(lambda: metric(gw, "gateway_active_streams") == 0)
+        assert wait_for(lambda: gw.metric("gateway_active_streams") == 0)
 
 
 # --------------------------------------------------------------------------- per access rule
