@@ -15,7 +15,13 @@ own live registry with every other worker's latest snapshot (SPEC §5):
   are summed over live workers; ``gateway_build_info`` and timestamps take
   the maximum.
 
-Snapshots are at most a second old; the answering worker's own figures are live.
+The answering worker first publishes its own figures, then reads the others'
+(at most a second old). That order keeps every total monotonic from one
+scrape to the next even when a different worker answers each time: each
+worker's file only ever grows, and the worker that answered the last scrape
+left its file at least at the figures that scrape showed. (Merging one's live
+figures with a stale file of the previous answerer made a counter step back,
+which Prometheus reads as a reset and ``rate()`` as a spike.)
 """
 
 from __future__ import annotations
@@ -54,13 +60,14 @@ class SharedMetrics:
         self.directory = Path(directory)
         self.pid = os.getpid()
 
-    def publish(self) -> None:
-        """Write this worker's snapshot (atomically)."""
+    def publish(self) -> bytes:
+        """Write this worker's snapshot (atomically) and return it."""
         data = generate_latest(self.registry)
         path = self.directory / f"{self.pid}.prom"
         temporary = path.with_suffix(".tmp")
         temporary.write_bytes(data)
         os.replace(temporary, path)
+        return data
 
     def _snapshots(self) -> Iterable[tuple[bool, str]]:
         for path in self.directory.glob("*.prom"):
@@ -78,7 +85,11 @@ class SharedMetrics:
 
     def render(self) -> bytes:
         """The merged exposition of every worker."""
-        sources = [(True, generate_latest(self.registry).decode()), *self._snapshots()]
+        try:
+            own = self.publish()  # before reading the others: see the module docstring
+        except OSError:
+            own = generate_latest(self.registry)
+        sources = [(True, own.decode()), *self._snapshots()]
         merged = _Merged()
         for alive, text in sources:
             for family in text_string_to_metric_families(text):
