@@ -92,6 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                     port=args.port,
                     workers=args.workers,
                     options=options,
+                    metrics_dir=os.environ[METRICS_DIR_ENV],
                 )
             except OSError as exc:
                 reason = os.strerror(exc.errno) if exc.errno else str(exc)

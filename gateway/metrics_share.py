@@ -15,6 +15,13 @@ own live registry with every other worker's latest snapshot (SPEC §5):
   are summed over live workers; ``gateway_build_info`` and timestamps take
   the maximum.
 
+When the supervisor reaps a worker it folds that worker's counters and
+histograms into one ``retired.prom`` and removes the worker's file
+(:func:`retire`), so a worker that keeps crashing cannot grow the directory,
+and with it the cost of every scrape, without bound. The fold is switched in
+by one rename, and a reader that sees ``retired.prom`` replaced while it was
+reading starts over, so no scrape counts a worker twice or not at all.
+
 The answering worker first publishes its own figures, then reads the others'
 (at most a second old). That order keeps every total monotonic from one
 scrape to the next even when a different worker answers each time: each
@@ -36,6 +43,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 SNAPSHOT_INTERVAL = 1.0
+RETIRED = "retired.prom"
+# First line of retired.prom: a generation (one more at every write, so a
+# reader can tell that the file changed under it) and the pids whose files it
+# has absorbed but which may still be on disk for a moment (readers skip them).
+_HEADER = "# gateway retired:"
 _MIN_GAUGES = frozenset({"gateway_backend_up"})
 _MAX_GAUGES = frozenset(
     {"gateway_build_info", "gateway_config_last_reload_success_timestamp_seconds"}
@@ -69,18 +81,28 @@ class SharedMetrics:
         os.replace(temporary, path)
         return data
 
-    def _snapshots(self) -> Iterable[tuple[bool, str]]:
+    def _snapshots(self) -> list[tuple[bool, str]]:
+        retired = self.directory / RETIRED
+        for _ in range(5):
+            generation, folded, text = _read_retired(retired)
+            found = [(False, text)] if text else []
+            found.extend(self._workers(skip=folded | {self.pid}))
+            if _read_retired(retired, header_only=True)[0] == generation:
+                break
+        return found  # five changes in one scrape: the supervisor is reaping a crowd
+
+    def _workers(self, skip: set[int]) -> Iterable[tuple[bool, str]]:
         for path in self.directory.glob("*.prom"):
             try:
                 pid = int(path.stem)
             except ValueError:
-                continue
-            if pid == self.pid:
+                continue  # retired.prom
+            if pid in skip:
                 continue
             try:
                 text = path.read_text()
             except OSError:
-                continue  # replaced or removed between glob and read
+                continue  # removed between glob and read (retired)
             yield _alive(pid), text
 
     def render(self) -> bytes:
@@ -90,13 +112,59 @@ class SharedMetrics:
         except OSError:
             own = generate_latest(self.registry)
         sources = [(True, own.decode()), *self._snapshots()]
-        merged = _Merged()
-        for alive, text in sources:
-            for family in text_string_to_metric_families(text):
-                merged.add(family, alive)
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(merged)
-        return generate_latest(registry)
+        return _merge(sources)
+
+
+def retire(directory: str | os.PathLike[str], pid: int) -> None:
+    """Fold the exited worker ``pid``'s counters and histograms into ``retired.prom``
+    and remove its file (called by the supervisor, the only writer of that file).
+
+    Three steps, each seen whole by a reader: retired.prom with the fold and
+    ``pid`` listed (readers skip its file from now on); the file removed;
+    retired.prom again without ``pid`` listed, so a later worker that is given
+    the same pid is counted.
+    """
+    directory = Path(directory)
+    path = directory / f"{pid}.prom"
+    retired = directory / RETIRED
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return  # it never published (died at start): nothing to keep
+    generation, folded, kept = _read_retired(retired)
+    body = _merge([(False, kept), (False, text)]).decode()
+    _write_retired(retired, generation + 1, folded | {pid}, body)
+    path.unlink()
+    _write_retired(retired, generation + 2, folded, body)
+
+
+def _read_retired(path: Path, header_only: bool = False) -> tuple[int, set[int], str]:
+    """(generation, folded pids, exposition) of retired.prom; (0, {}, "") while there is none."""
+    try:
+        with path.open() as file:
+            first = file.readline()
+            body = "" if header_only else file.read()
+    except FileNotFoundError:
+        return 0, set(), ""
+    generation, *pids = first[len(_HEADER) :].split()
+    return int(generation), {int(pid) for pid in pids}, body
+
+
+def _write_retired(path: Path, generation: int, folded: set[int], body: str) -> None:
+    temporary = path.with_suffix(".tmp")
+    pids = "".join(f" {pid}" for pid in sorted(folded))
+    temporary.write_text(f"{_HEADER} {generation}{pids}\n{body}")
+    os.replace(temporary, path)
+
+
+def _merge(sources: Iterable[tuple[bool, str]]) -> bytes:
+    merged = _Merged()
+    for alive, text in sources:
+        for family in text_string_to_metric_families(text):
+            merged.add(family, alive)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(merged)
+    return generate_latest(registry)
 
 
 class _Merged(Collector):

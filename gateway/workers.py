@@ -15,7 +15,10 @@ caches and region health kept). So the supervisor here:
 - passes SIGHUP, SIGTERM and SIGINT on to every worker (a second SIGTERM
   hurries them, as it does a single process) and waits for them to drain;
 - starts a new worker when one dies, at most one per slot every
-  ``RESTART_DELAY`` seconds, so a worker that cannot start does not spin.
+  ``RESTART_DELAY`` seconds, so a worker that cannot start does not spin;
+- folds a dead worker's counters into the shared metrics directory's
+  ``retired.prom`` (:func:`gateway.metrics_share.retire`), so totals keep
+  what it counted and the directory holds one file per live worker plus one.
 
 A worker whose supervisor is gone (killed outright) drains and stops by
 itself rather than serving on, unsupervised.
@@ -34,6 +37,8 @@ from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from gateway.metrics_share import retire
 
 log = logging.getLogger("gateway")
 
@@ -81,14 +86,23 @@ class Supervisor:
     """Runs ``workers`` gateway processes on ``host:port`` until told to stop."""
 
     def __init__(
-        self, config_path: Path, *, host: str, port: int, workers: int, options: dict[str, Any]
+        self,
+        config_path: Path,
+        *,
+        host: str,
+        port: int,
+        workers: int,
+        options: dict[str, Any],
+        metrics_dir: str | None = None,
     ) -> None:
         self.config_path = str(config_path)
+        self.metrics_dir = metrics_dir
         self.options = options
         self.workers = workers
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.create_server((host, port), family=family, backlog=2048)
         self._slots: list[tuple[SpawnProcess, float]] = []
+        self._retired: set[int] = set()  # dead workers still in a slot, folded
         self._signals: list[int] = []
         self._stopping = False
 
@@ -135,8 +149,10 @@ class Supervisor:
             if process.exitcode is None:
                 kept.append((process, started))
                 continue
+            self._retire(process)
             if self._stopping:
                 process.join()
+                self._retired.discard(process.pid)
                 continue
             if now - started < RESTART_DELAY:
                 # Died young (a config that no longer loads, a crash at start):
@@ -144,6 +160,7 @@ class Supervisor:
                 kept.append((process, started))
                 continue
             process.join()
+            self._retired.discard(process.pid)
             log.warning(
                 "supervisor: worker %d exited with %s; starting another",
                 process.pid,
@@ -151,3 +168,15 @@ class Supervisor:
             )
             kept.append(self._start())
         self._slots = kept
+
+    def _retire(self, process: SpawnProcess) -> None:
+        """Fold a dead worker's metrics, once (it may wait in its slot a while)."""
+        pid = process.pid
+        if self.metrics_dir is None or pid is None or pid in self._retired:
+            return
+        self._retired.add(pid)
+        try:
+            retire(self.metrics_dir, pid)
+        except (OSError, ValueError) as exc:
+            # Its file stays and is still summed; only the tidying is lost.
+            log.warning("supervisor: could not fold worker %d's metrics: %s", pid, exc)

@@ -376,6 +376,11 @@ def worker_pids(supervisor: int) -> set[int]:
     return found
 
 
+def environment(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(entry.split("=", 1) for entry in raw.decode().split("\0") if "=" in entry)
+
+
 def test_a_worker_that_dies_is_replaced(deployment: Deployment) -> None:
     deployment.write(deployment.config(["eu-central", "us-east"], "us-east"))
     deployment.start(2)
@@ -383,6 +388,13 @@ def test_a_worker_that_dies_is_replaced(deployment: Deployment) -> None:
     first = worker_pids(deployment.proc.pid)
     assert len(first) == 2
     victim = min(first)
+    shared = Path(environment(victim)["GATEWAY_METRICS_DIR"])
+    for _ in range(20):  # new connections: both workers serve some
+        with httpx.Client(timeout=10) as client:
+            assert client.get(deployment.base + "/healthz").status_code == 200
+    time.sleep(1.5)  # every worker has published a snapshot since
+    served = deployment.metric('gateway_requests_total{code="200",method="GET",route="healthz"}')
+    assert served >= 20
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 20
     now = first
@@ -394,6 +406,13 @@ def test_a_worker_that_dies_is_replaced(deployment: Deployment) -> None:
         time.sleep(0.2)
     assert len(now) == 2 and victim not in now and (first - {victim}) <= now
     deployment.wait_for_workers()
+    # The victim's counts were folded into retired.prom, its own file removed.
+    assert f"{victim}.prom" not in {p.name for p in shared.iterdir()}
+    assert (shared / "retired.prom").exists()
+    assert (
+        deployment.metric('gateway_requests_total{code="200",method="GET",route="healthz"}')
+        >= served
+    )
     assert "starting another" in deployment.stop()
 
 
