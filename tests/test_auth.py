@@ -741,7 +741,7 @@ def test_keyset_loads_all_supported_types(keys: Keys) -> None:
     for alg, signer in keys.signers.items():
         entry = keyset.get(signer.kid)
         assert entry is not None
-        assert entry[1] == alg
+        assert entry.alg == alg
     assert keyset.get("nope") is None
     assert "k-eddsa" in keyset
     assert keyset.kids == {s.kid for s in keys.signers.values()}
