@@ -63,7 +63,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from jwt.algorithms import Algorithm, get_default_algorithms
-from nacl.bindings import crypto_core_ed25519_is_valid_point
+from nacl.bindings import crypto_core_ed25519_is_valid_point, crypto_sign_open
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
@@ -155,11 +155,15 @@ def _ed25519_verifier(public: bytes) -> Callable[[bytes, bytes], bool]:
     is also the stricter verifier: it refuses a non-canonical S, and an R or
     public key of small order, where a cofactorless check could be fooled.
     """
-    key = VerifyKey(public)
+    public = VerifyKey(public).encode()  # VerifyKey checks the length once, here
 
     def verify(message: bytes, signature: bytes) -> bool:
+        # libsodium's combined form is signature || message, so the length is
+        # checked here: a short signature must not borrow bytes of the message.
+        if len(signature) != 64:
+            return False
         try:
-            key.verify(message, signature)  # a signature not 64 bytes: ValueError
+            crypto_sign_open(signature + message, public)
         except BadSignatureError:
             return False
         return True
