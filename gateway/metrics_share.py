@@ -127,6 +127,8 @@ def retire(directory: str | os.PathLike[str], pid: int) -> None:
     directory = Path(directory)
     path = directory / f"{pid}.prom"
     retired = directory / RETIRED
+    # Killed in the middle of a publish: the half-written snapshot goes too.
+    path.with_suffix(".tmp").unlink(missing_ok=True)
     try:
         text = path.read_text()
     except FileNotFoundError:

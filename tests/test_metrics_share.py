@@ -72,7 +72,8 @@ def test_a_retired_worker_is_folded_into_one_file(tmp_path: Path) -> None:
         dead.shared.publish()
         retire(tmp_path, pid)
         assert not (tmp_path / f"{pid}.prom").exists()
-    retire(tmp_path, DEAD + 3)  # died before it ever published: nothing to do
+    (tmp_path / f"{DEAD + 3}.tmp").write_text("demo_requests_total 5")  # killed mid-publish
+    retire(tmp_path, DEAD + 3)  # never published a whole snapshot: nothing to keep
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{os.getpid()}.prom", "retired.prom"]
     exposition = live.shared.render()
     assert total(exposition) == 1 + 10 + 20 + 30
