@@ -75,10 +75,7 @@ class SharedMetrics:
     def publish(self) -> bytes:
         """Write this worker's snapshot (atomically) and return it."""
         data = generate_latest(self.registry)
-        path = self.directory / f"{self.pid}.prom"
-        temporary = path.with_suffix(".tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
+        _replace(self.directory / f"{self.pid}.prom", data)
         return data
 
     def _snapshots(self) -> list[tuple[bool, str]]:
@@ -153,9 +150,14 @@ def _read_retired(path: Path, header_only: bool = False) -> tuple[int, set[int],
 
 
 def _write_retired(path: Path, generation: int, folded: set[int], body: str) -> None:
-    temporary = path.with_suffix(".tmp")
     pids = "".join(f" {pid}" for pid in sorted(folded))
-    temporary.write_text(f"{_HEADER} {generation}{pids}\n{body}")
+    _replace(path, f"{_HEADER} {generation}{pids}\n{body}".encode())
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``path`` so that a reader sees the old file or the new one, whole."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_bytes(data)
     os.replace(temporary, path)
 
 

@@ -102,7 +102,6 @@ class Supervisor:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.create_server((host, port), family=family, backlog=2048)
         self._slots: list[tuple[SpawnProcess, float]] = []
-        self._retired: set[int] = set()  # dead workers still in a slot, folded
         self._signals: list[int] = []
         self._stopping = False
 
@@ -149,10 +148,9 @@ class Supervisor:
             if process.exitcode is None:
                 kept.append((process, started))
                 continue
-            self._retire(process)
             if self._stopping:
                 process.join()
-                self._retired.discard(process.pid)
+                self._retire(process)
                 continue
             if now - started < RESTART_DELAY:
                 # Died young (a config that no longer loads, a crash at start):
@@ -160,7 +158,7 @@ class Supervisor:
                 kept.append((process, started))
                 continue
             process.join()
-            self._retired.discard(process.pid)
+            self._retire(process)
             log.warning(
                 "supervisor: worker %d exited with %s; starting another",
                 process.pid,
@@ -170,11 +168,10 @@ class Supervisor:
         self._slots = kept
 
     def _retire(self, process: SpawnProcess) -> None:
-        """Fold a dead worker's metrics, once (it may wait in its slot a while)."""
+        """Fold a reaped worker's metrics (until then its own file counts)."""
         pid = process.pid
-        if self.metrics_dir is None or pid is None or pid in self._retired:
+        if self.metrics_dir is None or pid is None:
             return
-        self._retired.add(pid)
         try:
             retire(self.metrics_dir, pid)
         except (OSError, ValueError) as exc:
