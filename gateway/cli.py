@@ -18,7 +18,6 @@ from typing import Any, NoReturn
 
 from gateway.errors import ConfigError, GatewayError
 from gateway.settings import (
-    METRICS_DIR_ENV,
     Settings,
     load_settings,
     parse_duration,
@@ -83,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
         # Workers are separate processes: each loads the same file itself, and
         # they share their metrics through a directory that starts empty.
-        os.environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix="gateway-metrics-")
+        metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
         try:
             try:
                 supervisor = Supervisor(
@@ -92,14 +91,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
                     port=args.port,
                     workers=args.workers,
                     options=options,
-                    metrics_dir=os.environ[METRICS_DIR_ENV],
+                    metrics_dir=metrics_dir,
                 )
             except OSError as exc:
                 reason = os.strerror(exc.errno) if exc.errno else str(exc)
                 _fail([f"cannot listen on {args.host}:{args.port}: {reason}"])
             supervisor.run()
         finally:
-            shutil.rmtree(os.environ[METRICS_DIR_ENV], ignore_errors=True)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     else:
         app = create_app(settings)
         config = server_config(app, host=args.host, port=args.port, **options)

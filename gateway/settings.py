@@ -578,12 +578,6 @@ class Settings(Model):
 
 
 MAX_PRESIGNED_SECONDS = 7 * 86400
-METRICS_DIR_ENV = "GATEWAY_METRICS_DIR"
-
-
-def metrics_dir_from_environment() -> str | None:
-    """The shared metrics directory of a ``gateway serve --workers N`` worker, if any."""
-    return os.environ.get(METRICS_DIR_ENV) or None
 
 
 def load_settings(path: str | os.PathLike[str]) -> Settings:

@@ -50,14 +50,16 @@ multiprocessing.allow_connection_pickling()
 _spawn = multiprocessing.get_context("spawn")
 
 
-def _worker(config_path: str, sock: socket.socket, options: dict[str, Any]) -> None:
+def _worker(
+    config_path: str, sock: socket.socket, options: dict[str, Any], metrics_dir: str
+) -> None:
     """One worker process: the gateway on the shared socket (runs in the child)."""
     os.setpgrp()  # signals come from the supervisor, not from the terminal
     from gateway.app import create_app
     from gateway.cli import log_to_stderr
     from gateway.errors import ConfigError
     from gateway.server import GatewayServer, server_config
-    from gateway.settings import load_settings, metrics_dir_from_environment
+    from gateway.settings import load_settings
 
     log_to_stderr()
     parent = os.getppid()
@@ -77,7 +79,7 @@ def _worker(config_path: str, sock: socket.socket, options: dict[str, Any]) -> N
         for problem in exc.problems:
             log.error("worker %d: %s", os.getpid(), problem)
         raise SystemExit(2) from None
-    app = create_app(settings, metrics_dir=metrics_dir_from_environment())
+    app = create_app(settings, metrics_dir=metrics_dir)
     config = server_config(app, host="", port=0, **options)
     GatewayServer(config, app, Path(config_path)).run(sockets=[sock])
 
@@ -93,7 +95,7 @@ class Supervisor:
         port: int,
         workers: int,
         options: dict[str, Any],
-        metrics_dir: str | None = None,
+        metrics_dir: str,
     ) -> None:
         self.config_path = str(config_path)
         self.metrics_dir = metrics_dir
@@ -107,7 +109,9 @@ class Supervisor:
 
     def _start(self) -> tuple[SpawnProcess, float]:
         process = _spawn.Process(
-            target=_worker, args=(self.config_path, self.sock, self.options), daemon=False
+            target=_worker,
+            args=(self.config_path, self.sock, self.options, self.metrics_dir),
+            daemon=False,
         )
         process.start()
         return process, time.monotonic()
@@ -170,7 +174,7 @@ class Supervisor:
     def _retire(self, process: SpawnProcess) -> None:
         """Fold a reaped worker's metrics (until then its own file counts)."""
         pid = process.pid
-        if self.metrics_dir is None or pid is None:
+        if pid is None:
             return
         try:
             retire(self.metrics_dir, pid)
